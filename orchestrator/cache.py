@@ -1,0 +1,133 @@
+"""Trained models and their extracted outputs, cached by the hash of the training config.
+
+Layout under the cache root (``--cache-dir``, ``$OODSWEEP_CACHE`` or ``~/.cache/oodsweep``)::
+
+    models/<key>/model.pt        state dict (loaded with weights_only=True)
+    models/<key>/meta.json       the training config that produced it
+    models/<key>/outputs/<split>[+fmap].npz
+    locks/<key>.lock             flock: one trainer per key, however many trials want it
+    trained.log                  one line per model trained (how tests count trainings)
+
+Every file is written to a temporary name in the same folder and renamed into place, so a trial that
+dies mid-write leaves no entry that could be read as complete. On a multi-node cluster point the cache
+at shared storage (NFS) to share models across nodes; a node-local cache still works, per node.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from methods.base import Outputs
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("OODSWEEP_CACHE", Path.home() / ".cache" / "oodsweep"))
+
+
+def config_key(spec: dict[str, Any]) -> str:
+    """Stable hash of a training config (key order and int/float spelling of equal values don't matter)."""
+    canon = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:20]
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class ModelCache:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else default_root()
+
+    def _dir(self, key: str) -> Path:
+        return self.root / "models" / key
+
+    @contextlib.contextmanager
+    def lock(self, key: str):
+        """Exclusive per-key lock across processes on this machine (and on NFS with working flock)."""
+        path = self.root / "locks" / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # ---- models
+    def has_model(self, key: str) -> bool:
+        return (self._dir(key) / "model.pt").is_file()
+
+    def load_model(self, key: str, model) -> bool:
+        """Load the cached weights into ``model``; False when there is no entry."""
+        import torch
+
+        path = self._dir(key) / "model.pt"
+        if not path.is_file():
+            return False
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return True
+
+    def save_model(self, key: str, model, spec: dict[str, Any], seconds: float) -> None:
+        import torch
+
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        meta = {"spec": spec, "train_seconds": seconds, "created": time.time()}
+        _atomic_write(self._dir(key) / "meta.json", lambda f: f.write(json.dumps(meta, indent=1, default=str).encode()))
+        _atomic_write(self._dir(key) / "model.pt", lambda f: torch.save(state, f))
+        with open(self.root / "trained.log", "a") as log:
+            log.write(json.dumps({"key": key, "spec": spec, "seconds": seconds}, default=str) + "\n")
+
+    def trained_count(self) -> int:
+        log = self.root / "trained.log"
+        return sum(1 for _ in open(log)) if log.is_file() else 0
+
+    # ---- outputs
+    def _outputs_path(self, key: str, split: str, with_fmap: bool) -> Path:
+        return self._dir(key) / "outputs" / (split.replace("/", "__") + ("+fmap" if with_fmap else "") + ".npz")
+
+    def outputs(self, key: str, split: str, with_fmap: bool, compute) -> Outputs:
+        """Stored outputs of (model ``key``, ``split``), or ``compute()`` them once under a lock and store them."""
+        out = self.load_outputs(key, split, with_fmap)
+        if out is None:
+            with self.lock(f"{key}.outputs"):
+                out = self.load_outputs(key, split, with_fmap)
+                if out is None:
+                    out = compute()
+                    self.save_outputs(key, split, with_fmap, out)
+        return out
+
+    def load_outputs(self, key: str, split: str, with_fmap: bool) -> Outputs | None:
+        path = self._outputs_path(key, split, with_fmap)
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as d:
+            return Outputs(d["logits"], d["features"], d["labels"] if "labels" in d else None,
+                           d["fmap"] if "fmap" in d else None)
+
+    def save_outputs(self, key: str, split: str, with_fmap: bool, out: Outputs) -> None:
+        arrays = {"logits": out.logits, "features": out.features}
+        if out.labels is not None:
+            arrays["labels"] = out.labels
+        if out.fmap is not None:
+            arrays["fmap"] = out.fmap
+        _atomic_write(self._outputs_path(key, split, with_fmap), lambda f: np.savez(f, **arrays))

@@ -1,0 +1,106 @@
+"""``python -m orchestrator``: sweep, list, ui.
+
+Heavy libraries (torch, Ray, MLflow) are imported inside the commands that need them, so ``--help``
+answers at once. Bad input prints one line on stderr and exits with code 2, before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run an Optuna search over a method's search space on Ray Tune",
+                       description="Run an Optuna (seeded TPE) search over search_spaces/<METHOD>.yaml; every trial "
+                                   "is a Ray Tune trainable, every result an MLflow child run.")
+    p.add_argument("method", help="method name (see `list`)")
+    p.add_argument("--benchmark", default="digits", help="benchmark name (default: digits, needs no download)")
+    p.add_argument("--num-samples", type=int, help="number of trials (default: the YAML's budget)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: the YAML's budget)")
+    p.add_argument("--epochs", type=int, help="override the training epochs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training (default 0)")
+    p.add_argument("--name", help="sweep name (default: <method>-<benchmark>-<time>)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
+    p.add_argument("--storage-path", help="Ray Tune results folder or URI (default: ./ray_results)")
+    p.add_argument("--address", help="existing Ray cluster address, e.g. auto (default: start a local one)")
+    p.add_argument("--smoke-test", action="store_true", help="tiny data and budget (2 trials, 1 epoch), for CI")
+    p.add_argument("--search-space", help="a search-space YAML instead of search_spaces/<method>.yaml")
+    p.add_argument("--data-root", help="folder holding datasets (checked before system paths and downloads)")
+    p.add_argument("--cache-dir", help="model/feature cache (default: $OODSWEEP_CACHE or ~/.cache/oodsweep)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (default 0)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="dashboard bind address (default 127.0.0.1; the Jobs API runs code for whoever reaches it)")
+    p.add_argument("--fpr-convention", default="classic", choices=["classic", "openood"],
+                   help="FPR@95 convention (default classic: OOD accepted at 95%% ID acceptance)")
+    p.add_argument("--experiment", default="oodsweep", help="MLflow experiment name (default oodsweep)")
+    p.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary")
+
+
+def _cmd_sweep(args) -> int:
+    from orchestrator import sweep
+
+    opts = sweep.SweepOptions(
+        method=args.method, benchmark=args.benchmark, num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent, epochs=args.epochs, seed=args.seed, name=args.name,
+        tracking_uri=args.tracking_uri, storage_path=args.storage_path, address=args.address,
+        smoke_test=args.smoke_test, search_space=args.search_space, data_root=args.data_root,
+        cache_dir=args.cache_dir, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        num_cpus=args.num_cpus, dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host,
+        convention=args.fpr_convention, experiment=args.experiment, max_failures=args.max_failures,
+        quiet=args.quiet)
+    prep = sweep.prepare(opts)
+    result = sweep.run(prep)
+    sweep.print_summary(result, prep.space.metric)
+    return 0 if result.best_matrix is not None else 1
+
+
+def _cmd_list(args) -> int:
+    import methods
+    from orchestrator import benchmarks, search_space
+
+    print("Methods (python -m orchestrator sweep <method>):")
+    for name in methods.available():
+        m = methods.get(name)
+        kind = "trains" if m.trains() else "post-hoc"
+        sub = f" [substitute: {m.substitute}]" if m.substitute else ""
+        print(f"  {name:<12} {kind:<9} {m.paper}{sub}")
+    print("\nBenchmarks (--benchmark):")
+    for name, desc in benchmarks.available().items():
+        print(f"  {name:<14} {desc}")
+    print("\nSearch spaces (search_spaces/<method>.yaml):")
+    for name in search_space.available():
+        try:
+            s = search_space.load(name)
+            knobs = "; ".join(k.describe() for k in s.knobs) or "no searched knob"
+            print(f"  {name:<12} {s.mode} {s.metric}, {s.num_samples} trials: {knobs}")
+        except search_space.SearchSpaceError as exc:
+            print(f"  {name:<12} INVALID: {exc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator",
+                                     description="oodsweep: sweep OOD detectors with Ray Tune, Optuna and MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _sweep_parser(sub)
+    sub.add_parser("list", help="methods, benchmarks and search spaces")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from orchestrator.sweep import UsageError
+
+    try:
+        return {"sweep": _cmd_sweep, "list": _cmd_list}[args.command](args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

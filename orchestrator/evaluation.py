@@ -1,0 +1,108 @@
+"""Evaluation: run a model over benchmark splits once, score them, build the val metrics and the matrix.
+
+Outputs (logits, h, optional feature map) are extracted once per (model, split) and kept by an
+:class:`OutputStore`, which the cache persists to disk so that every post-hoc trial on the same model
+reads them instead of re-running the network. Gradient scorers (ODIN...) get the images instead.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from methods.base import Outputs, Scorer
+from orchestrator.benchmarks import Benchmark, Split
+from orchestrator.metrics import OODMatrix, ood_matrix, ood_metrics
+from orchestrator.training import to_float
+
+EVAL_BATCH = 512
+
+
+@torch.no_grad()
+def extract(model, split: Split, device, with_fmap: bool = False, batch_size: int = EVAL_BATCH) -> Outputs:
+    """Logits, penultimate features (and the last feature map) of every image of ``split``."""
+    model.eval()
+    logits, feats, fmaps = [], [], []
+    for start in range(0, len(split), batch_size):
+        z, h, fmap = model.forward_all(to_float(split.x[start:start + batch_size], device))
+        logits.append(z.float().cpu().numpy())
+        feats.append(h.float().cpu().numpy())
+        if with_fmap:
+            fmaps.append(fmap.float().cpu().numpy())
+    return Outputs(np.concatenate(logits), np.concatenate(feats), split.y,
+                   np.concatenate(fmaps) if with_fmap else None)
+
+
+class OutputStore:
+    """Outputs per split name, extracted on first use.
+
+    ``persist(name, with_fmap, compute)`` — e.g. :meth:`orchestrator.cache.ModelCache.outputs` — may return
+    a stored copy instead of calling ``compute``; without it outputs live in memory only.
+    """
+
+    def __init__(self, model, bench: Benchmark, device, persist: Callable | None = None):
+        self.model, self.bench, self.device = model, bench, device
+        self._splits = bench.splits()
+        self._mem: dict[tuple[str, bool], Outputs] = {}
+        self._persist = persist
+        self.extracted = 0  # how many splits this store ran the network on (tests and benchmarks count it)
+
+    def _compute(self, name: str, with_fmap: bool) -> Outputs:
+        self.extracted += 1
+        return extract(self.model, self._splits[name], self.device, with_fmap)
+
+    def get(self, name: str, with_fmap: bool = False) -> Outputs:
+        key = (name, with_fmap)
+        if key not in self._mem:
+            compute = lambda: self._compute(name, with_fmap)  # noqa: E731
+            self._mem[key] = self._persist(name, with_fmap, compute) if self._persist else compute()
+        return self._mem[key]
+
+
+def score_split(scorer: Scorer, store: OutputStore, name: str, batch_size: int = 256) -> np.ndarray:
+    """ID-ness scores of one split, from cached outputs or, for gradient scorers, from the images."""
+    if scorer.needs_input:
+        split = store.bench.splits()[name]
+        store.model.eval()
+        parts = [scorer.score_inputs(store.model, to_float(split.x[s:s + batch_size], store.device))
+                 for s in range(0, len(split), batch_size)]
+        scores = np.concatenate(parts)
+    else:
+        scores = scorer.score(store.get(name, with_fmap="fmap" in scorer.needs))
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise FloatingPointError(f"{type(scorer).__name__} produced non-finite scores on {name}")
+    return scores
+
+
+def fit_scorer(scorer: Scorer, store: OutputStore, max_train: int | None = None) -> Scorer:
+    """Fit on training outputs (a seeded subsample of at most ``max_train`` when given)."""
+    if not scorer.needs_fit:
+        return scorer.fit(None, store.model)
+    train = store.get("id_train", with_fmap="fmap" in scorer.needs)
+    if max_train is not None and len(train) > max_train:
+        train = train.subset(np.sort(np.random.default_rng(0).choice(len(train), max_train, replace=False)))
+    return scorer.fit(train, store.model)
+
+
+def accuracy(store: OutputStore, name: str) -> float:
+    out = store.get(name)
+    return float((out.logits.argmax(1) == out.labels).mean())
+
+
+def validate(scorer: Scorer, store: OutputStore, convention: str = "classic") -> dict[str, float]:
+    """Metrics on ID-val vs the OOD validation sets: what hyperparameters are chosen on."""
+    s_id = score_split(scorer, store, "id_val")
+    per_set = [ood_metrics(s_id, score_split(scorer, store, f"ood_val/{n}"), convention) for n in store.bench.ood_val]
+    out = {f"val/{c}": float(np.mean([m[c] for m in per_set])) for c in ("auroc", "aupr_in", "aupr_out", "fpr95")}
+    out["val/acc"] = accuracy(store, "id_val")
+    return out
+
+
+def test_matrix(scorer: Scorer, store: OutputStore, convention: str = "classic") -> OODMatrix:
+    """The OOD metric matrix on the test sets (reported, never optimised on)."""
+    s_id = score_split(scorer, store, "id_test")
+    near = {n: score_split(scorer, store, f"near/{n}") for n in store.bench.near}
+    far = {n: score_split(scorer, store, f"far/{n}") for n in store.bench.far}
+    return ood_matrix(s_id, near, far, accuracy(store, "id_test"), convention)

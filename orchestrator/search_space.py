@@ -1,0 +1,183 @@
+"""Search spaces: one YAML per method, turned into an Optuna define-by-run function.
+
+Format (``search_spaces/<method>.yaml``)::
+
+    description: one line
+    metric: val/auroc          # what Optuna optimises (chosen on ID-val + OOD-val only)
+    mode: max
+    budget: {num_samples: 8, max_concurrent: 2}
+    space:                     # Optuna distributions
+      T:   {type: float, low: 0.1, high: 10, log: true}
+      k:   {type: int, low: 1, high: 200, log: true}
+      lr:  {type: float, low: 0.01, high: 0.1, step: 0.01}
+      mode: {type: categorical, choices: [a, b]}
+    fixed: {epochs: 10}        # constants; override the benchmark's training recipe too
+
+Any knob may be searched or fixed; whether it retrains the network is decided by its name
+(the method's ``training_knobs`` and the recipe keys), never by where it appears.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+_TOP_KEYS = {"description", "metric", "mode", "budget", "space", "fixed", "smoke"}
+_BUDGET_KEYS = {"num_samples", "max_concurrent"}
+
+
+class SearchSpaceError(ValueError):
+    """A malformed search-space file; the message names the file and the offending entry."""
+
+
+@dataclass
+class Knob:
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: list | None = None
+
+    def suggest(self, trial) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=self.step or 1)
+        return trial.suggest_categorical(self.name, self.choices)
+
+    def describe(self) -> str:
+        if self.type == "categorical":
+            return f"{self.name} ∈ {self.choices}"
+        scale = " log" if self.log else (f" step {self.step}" if self.step else "")
+        return f"{self.name} ∈ [{self.low}, {self.high}]{scale} ({self.type})"
+
+
+@dataclass
+class SearchSpace:
+    method: str
+    path: str
+    description: str = ""
+    metric: str = "val/auroc"
+    mode: str = "max"
+    num_samples: int = 8
+    max_concurrent: int = 2
+    knobs: list[Knob] = field(default_factory=list)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    smoke: dict[str, Any] = field(default_factory=dict)
+
+    def define_by_run(self) -> "DefineByRun":
+        return DefineByRun(self.knobs, self.fixed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "mode": self.mode, "num_samples": self.num_samples,
+                "max_concurrent": self.max_concurrent, "space": [k.describe() for k in self.knobs],
+                "fixed": self.fixed}
+
+
+@dataclass
+class DefineByRun:
+    """Optuna define-by-run function: suggests the knobs, returns the fixed values as constants.
+
+    A class rather than a closure because Ray Tune pickles the searcher (and this with it) to resume sweeps.
+    """
+
+    knobs: list[Knob]
+    fixed: dict[str, Any]
+
+    def __call__(self, trial) -> dict[str, Any] | None:
+        for knob in self.knobs:
+            knob.suggest(trial)
+        return dict(self.fixed) or None
+
+
+def _fail(path, msg):
+    raise SearchSpaceError(f"{path}: {msg}")
+
+
+def _parse_knob(path, name: str, spec: Any) -> Knob:
+    if not isinstance(spec, dict) or "type" not in spec:
+        _fail(path, f"space.{name} must be a mapping with a 'type' (float, int or categorical), got {spec!r}")
+    kind = spec["type"]
+    allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
+               "categorical": {"type", "choices"}}
+    if kind not in allowed:
+        _fail(path, f"space.{name}.type must be float, int or categorical, got {kind!r}")
+    unknown = set(spec) - allowed[kind]
+    if unknown:
+        _fail(path, f"space.{name} has unknown keys {sorted(unknown)} (allowed: {sorted(allowed[kind])})")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            _fail(path, f"space.{name}.choices must be a non-empty list")
+        return Knob(name, kind, choices=choices)
+    for bound in ("low", "high"):
+        if not isinstance(spec.get(bound), (int, float)) or isinstance(spec.get(bound), bool):
+            _fail(path, f"space.{name}.{bound} must be a number, got {spec.get(bound)!r}")
+    low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        _fail(path, f"space.{name}: int bounds must be integers, got {low}..{high}")
+    if low > high:
+        _fail(path, f"space.{name}: low ({low}) is above high ({high})")
+    if log and low <= 0:
+        _fail(path, f"space.{name}: a log scale needs low > 0, got {low}")
+    if log and step is not None:
+        _fail(path, f"space.{name}: use either log or step, not both")
+    if kind == "int":
+        low, high = int(low), int(high)
+    return Knob(name, kind, low, high, log, step)
+
+
+def parse(data: Any, method: str, path: str = "<search space>") -> SearchSpace:
+    if not isinstance(data, dict):
+        _fail(path, "must be a YAML mapping with metric, mode, budget, space and fixed")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        _fail(path, f"unknown top-level keys {sorted(unknown)} (allowed: {sorted(_TOP_KEYS)})")
+    mode = data.get("mode", "max")
+    if mode not in ("max", "min"):
+        _fail(path, f"mode must be max or min, got {mode!r}")
+    metric = data.get("metric", "val/auroc")
+    if not isinstance(metric, str):
+        _fail(path, f"metric must be a metric name such as val/auroc, got {metric!r}")
+    budget = data.get("budget") or {}
+    if not isinstance(budget, dict) or set(budget) - _BUDGET_KEYS:
+        _fail(path, f"budget must be a mapping with keys {sorted(_BUDGET_KEYS)}, got {budget!r}")
+    for key, value in budget.items():
+        if not isinstance(value, int) or value < 1:
+            _fail(path, f"budget.{key} must be a positive integer, got {value!r}")
+    space = data.get("space") or {}
+    fixed = data.get("fixed") or {}
+    smoke = data.get("smoke") or {}
+    for key, value in (("space", space), ("fixed", fixed), ("smoke", smoke)):
+        if not isinstance(value, dict):
+            _fail(path, f"{key} must be a mapping, got {value!r}")
+    both = set(space) & set(fixed)
+    if both:
+        _fail(path, f"knobs {sorted(both)} are both searched (space) and fixed; keep one")
+    knobs = [_parse_knob(path, name, spec) for name, spec in space.items()]
+    return SearchSpace(method=method, path=str(path), description=str(data.get("description", "")), metric=metric,
+                       mode=mode, num_samples=budget.get("num_samples", 8),
+                       max_concurrent=budget.get("max_concurrent", 2), knobs=knobs, fixed=dict(fixed),
+                       smoke=dict(smoke))
+
+
+def load(method: str, path: str | Path | None = None) -> SearchSpace:
+    """The search space of ``method`` (``search_spaces/<method>.yaml`` unless ``path`` is given)."""
+    path = Path(path) if path else SEARCH_SPACE_DIR / f"{method}.yaml"
+    if not path.is_file():
+        raise SearchSpaceError(f"{path}: no search-space file for method {method!r}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SearchSpaceError(f"{path}: not valid YAML ({first})") from None
+    return parse(data, method, str(path))
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SEARCH_SPACE_DIR.glob("*.yaml"))

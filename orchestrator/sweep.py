@@ -1,0 +1,258 @@
+"""A sweep: Optuna (seeded TPE) proposes configurations, Ray Tune runs them as trials, MLflow records them.
+
+Everything that can be wrong with the user's input (method, benchmark, search space, data, tracking
+server) is checked before Ray starts or an MLflow run is created, so bad input writes nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import methods
+from orchestrator import benchmarks, search_space
+from orchestrator.metrics import CONVENTIONS, OODMatrix
+
+SMOKE_BUDGET = {"num_samples": 2, "max_concurrent": 2, "epochs": 1}
+
+
+class UsageError(ValueError):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+@dataclass
+class SweepOptions:
+    method: str
+    benchmark: str = "digits"
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    epochs: int | None = None
+    seed: int = 0
+    name: str | None = None
+    tracking_uri: str | None = None
+    storage_path: str | None = None
+    address: str | None = None
+    smoke_test: bool = False
+    search_space: str | None = None
+    data_root: str | None = None
+    cache_dir: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    num_cpus: int | None = None
+    dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    convention: str = "classic"
+    experiment: str = "oodsweep"
+    max_failures: int = 1
+    quiet: bool = False
+
+
+@dataclass
+class SweepResult:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    results_path: str
+    best_config: dict[str, Any] = field(default_factory=dict)
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_matrix: OODMatrix | None = None
+    num_trials: int = 0
+    num_errors: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """A validated sweep, ready to run."""
+
+    opts: SweepOptions
+    space: search_space.SearchSpace
+    bench: benchmarks.Benchmark
+    name: str
+    tracking_uri: str
+    storage_path: str
+    num_samples: int
+    max_concurrent: int
+    fixed: dict[str, Any]
+
+
+def prepare(opts: SweepOptions) -> Prepared:
+    """Validate everything and load the data; raises UsageError with one clear line."""
+    from orchestrator import tracking
+
+    try:
+        method = methods.get(opts.method)
+    except KeyError as exc:
+        raise UsageError(exc.args[0]) from None
+    if opts.benchmark not in benchmarks.available():
+        raise UsageError(f"unknown benchmark {opts.benchmark!r}; known benchmarks: {', '.join(benchmarks.available())}")
+    if opts.convention not in CONVENTIONS:
+        raise UsageError(f"unknown FPR@95 convention {opts.convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    for flag, value in (("--num-samples", opts.num_samples), ("--max-concurrent", opts.max_concurrent),
+                        ("--epochs", opts.epochs)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    try:
+        space = search_space.load(method.name, opts.search_space)
+    except search_space.SearchSpaceError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        bench = benchmarks.load(opts.benchmark, opts.data_root, smoke=opts.smoke_test)
+    except benchmarks.DataUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    fixed = dict(space.fixed)
+    searched = {k.name for k in space.knobs}
+    smoke = {**SMOKE_BUDGET, **space.smoke} if opts.smoke_test else {}
+    epochs = opts.epochs or smoke.get("epochs")
+    if epochs is not None:
+        if "epochs" in searched:
+            raise UsageError(f"{space.path} searches 'epochs'; drop --epochs or fix it in the YAML")
+        fixed["epochs"] = epochs
+    name = opts.name or f"{method.name}-{opts.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise UsageError(f"--name may hold letters, digits, '-', '_' and '.' only, got {name!r}")
+    uri = tracking.resolve_tracking_uri(opts.tracking_uri)
+    try:
+        tracking.check_reachable(uri)
+    except ConnectionError as exc:
+        raise UsageError(str(exc)) from None
+    storage = opts.storage_path or "ray_results"
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    return Prepared(opts, space, bench, name, uri, storage,
+                    opts.num_samples or smoke.get("num_samples") or space.num_samples,
+                    opts.max_concurrent or smoke.get("max_concurrent") or space.max_concurrent, fixed)
+
+
+def _quiet_libraries() -> None:
+    """Our progress lines replace Ray's table reporter; keep Optuna and Tune's chatter out of them."""
+    import logging
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+
+
+def _init_ray(opts: SweepOptions):
+    import ray
+
+    if ray.is_initialized():
+        return None
+    address = opts.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        return ray.init(address=address, log_to_driver=False).dashboard_url
+    kwargs = dict(num_cpus=opts.num_cpus or os.cpu_count(), log_to_driver=False,
+                  include_dashboard=opts.dashboard, configure_logging=True, logging_level="WARNING")
+    if opts.dashboard:
+        kwargs["dashboard_host"] = opts.dashboard_host
+    if os.environ.get("OODSWEEP_OBJECT_STORE_MB"):
+        kwargs["object_store_memory"] = int(os.environ["OODSWEEP_OBJECT_STORE_MB"]) * 2**20
+    return ray.init(**kwargs).dashboard_url
+
+
+def _say(opts: SweepOptions, msg: str) -> None:
+    if not opts.quiet:
+        print(msg, flush=True)
+
+
+def run(prep: Prepared) -> SweepResult:
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator import tracking
+    from orchestrator.progress import ProgressPrinter
+    from orchestrator.trainable import TrialSettings, settings_dict, tune_trainable
+
+    opts, space, bench = prep.opts, prep.space, prep.bench
+    method = methods.get(opts.method)
+    started = time.time()
+    _quiet_libraries()
+    dashboard = _init_ray(opts)
+    if dashboard:
+        _say(opts, f"Ray dashboard: http://{dashboard}  (access token: `ray get-auth-token`)")
+    sweep_run = tracking.SweepRun(prep.tracking_uri, opts.experiment, prep.name)
+    sweep_run.log_params({"method": method.name, "benchmark": bench.name, "num_samples": prep.num_samples,
+                          "max_concurrent": prep.max_concurrent, "seed": opts.seed, "metric": space.metric,
+                          "mode": space.mode, "fpr95_convention": opts.convention, "smoke_test": opts.smoke_test,
+                          **{f"fixed.{k}": v for k, v in prep.fixed.items()}})
+    tags = {"method": method.name, "benchmark": bench.name, "paper": method.paper}
+    if method.substitute:
+        tags["substitute"] = method.substitute
+    sweep_run.set_tags(tags)
+    sweep_run.log_dict({**space.as_dict(), "fixed": prep.fixed}, "search_space.json")
+    _say(opts, f"Sweep {prep.name}: {method.name} on {bench.name}{' (smoke test)' if opts.smoke_test else ''}, "
+               f"{prep.num_samples} trials, ≤{prep.max_concurrent} at once; MLflow {prep.tracking_uri} "
+               f"(run {sweep_run.run_id})")
+    status = "FAILED"
+    try:
+        settings = TrialSettings(method=method.name, seed=opts.seed, cache_dir=opts.cache_dir,
+                                 convention=opts.convention, threads=max(1, int(opts.cpus_per_trial)),
+                                 data_fingerprint=bench.fingerprint())
+        trainable = tune.with_resources(
+            tune.with_parameters(tune_trainable, bench=bench, settings=settings_dict(settings)),
+            {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+        space_fn = _define_by_run(space, prep.fixed)
+        sampler = optuna.samplers.TPESampler(seed=opts.seed)
+        searcher = OptunaSearch(space=space_fn, metric=space.metric, mode=space.mode, sampler=sampler)
+        logger = tracking.MLflowTrialLogger(sweep_run, tags=tags)
+        progress = ProgressPrinter(space.metric, space.mode, prep.num_samples, quiet=opts.quiet)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=prep.num_samples,
+                                        max_concurrent_trials=prep.max_concurrent, metric=space.metric,
+                                        mode=space.mode),
+            run_config=tune.RunConfig(name=prep.name, storage_path=prep.storage_path, callbacks=[logger, progress],
+                                      verbose=0, failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+        grid = tuner.fit()
+        result = _summarise(prep, grid, sweep_run, started)
+        status = "FINISHED" if result.num_errors < result.num_trials else "FAILED"
+        return result
+    finally:
+        sweep_run.end(status)
+
+
+def _define_by_run(space: search_space.SearchSpace, fixed: dict[str, Any]):
+    """Picklable (Tune saves the searcher's state), with the sweep's fixed values (e.g. --epochs) applied."""
+    return search_space.DefineByRun(space.knobs, fixed)
+
+
+def _summarise(prep: Prepared, grid, sweep_run, started: float) -> SweepResult:
+    space = prep.space
+    finished = [r for r in grid if r.error is None and r.metrics and r.metrics.get("final")]
+    res = SweepResult(prep.name, sweep_run.run_id, prep.tracking_uri, grid.experiment_path,
+                      num_trials=len(grid), num_errors=grid.num_errors, seconds=time.time() - started)
+    if not finished:
+        return res
+    sign = 1 if space.mode == "max" else -1
+    best = max(finished, key=lambda r: sign * r.metrics[space.metric])
+    res.best_config = {k: v for k, v in best.config.items()}
+    res.best_metrics = {k: v for k, v in best.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    res.best_matrix = OODMatrix.from_json(json.loads(best.metrics["matrix_json"]))
+    sweep_run.log_metrics({f"best/{k}": v for k, v in res.best_matrix.flat().items()})
+    sweep_run.log_metrics({f"best/{space.metric}": best.metrics[space.metric]})
+    sweep_run.log_params({f"best.{k}": v for k, v in res.best_config.items()})
+    sweep_run.set_tags({"best_trial_id": best.metrics.get("trial_id", ""), "ray_results": grid.experiment_path})
+    sweep_run.log_dict(res.best_matrix.to_json(), "best_ood_matrix.json")
+    return res
+
+
+def print_summary(res: SweepResult, metric: str, out=sys.stdout) -> None:
+    print("", file=out)
+    if res.best_matrix is None:
+        print(f"No trial finished ({res.num_errors} of {res.num_trials} failed); see MLflow run {res.parent_run_id}.", file=out)
+    else:
+        cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(res.best_config.items()))
+        print(f"Best trial ({metric} = {res.best_metrics[metric]:.4f} on validation): {cfg}", file=out)
+        print("Test OOD metric matrix (%):", file=out)
+        print(res.best_matrix.format(), file=out)
+    print(f"\nTrials: {res.num_trials} ({res.num_errors} failed) in {res.seconds:.1f} s", file=out)
+    print(f"MLflow: parent run {res.parent_run_id} in {res.tracking_uri}", file=out)
+    print(f"        mlflow ui --backend-store-uri {res.tracking_uri}", file=out)
+    print(f"Ray results: {res.results_path}", file=out)

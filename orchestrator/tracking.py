@@ -1,0 +1,176 @@
+"""MLflow tracking: one parent run per sweep, one nested child run per trial.
+
+All logging happens on the driver (a Ray Tune callback), so one process writes the store: SQLite never
+sees concurrent writers, and trials on remote nodes need no access to the tracking server.
+Child runs carry the tag ``oodsweep.trial_id``; a resumed sweep finds and continues them instead of
+creating duplicates.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from orchestrator.metrics import OODMatrix
+
+TRIAL_TAG = "oodsweep.trial_id"
+SWEEP_TAG = "oodsweep.sweep"
+
+
+def resolve_tracking_uri(uri: str | None, workdir: str | os.PathLike = ".") -> str:
+    """Default ``sqlite:///mlflow.db`` in the working directory; relative SQLite/file paths made absolute."""
+    uri = uri or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((Path(workdir) / uri[len("sqlite:///"):]).resolve())
+    if "://" not in uri:
+        return "sqlite:///" + str((Path(workdir) / uri).resolve()) if uri.endswith(".db") else Path(uri).resolve().as_uri()
+    return uri
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any trial starts, when an MLflow server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConnectionError(f"MLflow tracking server {uri} is not reachable ({exc}); start it "
+                              f"(python -m orchestrator ui) or pass another --tracking-uri") from None
+
+
+def _params(config: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:500] for k, v in sorted(config.items())}
+
+
+def _numeric(result: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(v) and (k.startswith(("val/", "train/", "near/", "far/", "id/")) or "/" in k):
+            out[k] = float(v)
+    return out
+
+
+class SweepRun:
+    """The sweep's parent MLflow run."""
+
+    def __init__(self, uri: str, experiment: str, sweep_name: str, run_id: str | None = None):
+        self.uri = uri
+        self.client = client_for(uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=sweep_name, tags={SWEEP_TAG: sweep_name})
+            run_id = run.info.run_id
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in _params(params).items()])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self.client.log_dict(self.run_id, data, name)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in _numeric(metrics).items()])
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def log_matrix_artifacts(client, run_id: str, matrix: OODMatrix) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "ood_matrix.csv").write_text(matrix.to_csv())
+        (Path(folder) / "ood_matrix.json").write_text(json.dumps(matrix.to_json(), indent=1))
+        client.log_artifact(run_id, str(Path(folder) / "ood_matrix.csv"))
+        client.log_artifact(run_id, str(Path(folder) / "ood_matrix.json"))
+
+
+class MLflowTrialLogger(Callback):
+    """Ray Tune callback: a nested child run per trial with params, per-epoch validation and the final matrix."""
+
+    def __init__(self, sweep: SweepRun, tags: dict[str, str] | None = None):
+        self.sweep = sweep
+        self.client = sweep.client
+        self.tags = tags or {}
+        self.child: dict[str, str] = {}
+        self.failures = 0
+
+    def _existing_children(self) -> dict[str, str]:
+        runs = self.client.search_runs([self.sweep.experiment_id],
+                                       filter_string=f"tags.mlflow.parentRunId = '{self.sweep.run_id}'",
+                                       max_results=5000)
+        return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
+
+    def setup(self, **info):
+        self.child.update(self._existing_children())
+
+    def _run_for(self, trial) -> str:
+        run_id = self.child.get(trial.trial_id)
+        if run_id is None:
+            tags = {"mlflow.parentRunId": self.sweep.run_id, TRIAL_TAG: trial.trial_id, **self.tags}
+            run = self.client.create_run(self.sweep.experiment_id, run_name=f"trial-{trial.trial_id}", tags=tags)
+            run_id = self.child[trial.trial_id] = run.info.run_id
+            from mlflow.entities import Param
+
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in _params(trial.config).items()])
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from mlflow.entities import Metric
+
+        run_id = self._run_for(trial)
+        step = int(result.get("training_iteration", 0))
+        now = _now_ms()
+        metrics = [Metric(k, v, now, step) for k, v in _numeric(result).items()]
+        self.client.log_batch(run_id, metrics=metrics)
+        if result.get("matrix_json"):
+            log_matrix_artifacts(self.client, run_id, OODMatrix.from_json(json.loads(result["matrix_json"])))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.client.set_terminated(self._run_for(trial), "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run_for(trial)
+        self.failures += 1
+        error = ""
+        if getattr(trial, "error_file", None) and os.path.exists(trial.error_file):
+            error = Path(trial.error_file).read_text()[-4000:]
+        self.client.set_tag(run_id, "error", error.strip().splitlines()[-1][:5000] if error.strip() else "trial failed")
+        if error:
+            self.client.log_text(run_id, error, "error.txt")
+        self.client.set_terminated(run_id, "FAILED")

@@ -1,0 +1,142 @@
+"""One trial: get the trained network (train it, or reuse the cached one), score, report.
+
+:func:`run_trial` is plain Python — a notebook or a benchmark can call it in a loop — and
+:func:`tune_trainable` is the Ray Tune function trainable around it. A method that trains its own network
+reports the validation metric and a checkpoint after every epoch (so ASHA can stop it, and a restarted
+trial resumes from the last epoch); post-hoc methods reuse the shared cross-entropy classifier, which the
+first trial that needs it trains under a lock while the others wait, and report once.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import methods
+from methods.base import Method
+from orchestrator.backbones import build_classifier
+from orchestrator.benchmarks import Benchmark
+from orchestrator.cache import ModelCache, config_key
+from orchestrator.evaluation import OutputStore, fit_scorer, test_matrix, validate
+from orchestrator.training import RECIPE_KNOBS, Trainer, pick_device
+
+#: Per-epoch validation fits the scorer on at most this many training samples (the final one uses all).
+EPOCH_FIT_SAMPLES = 2000
+
+
+@dataclass
+class TrialSettings:
+    """What every trial of a sweep shares (passed once through Ray's object store with the benchmark)."""
+
+    method: str
+    seed: int = 0
+    cache_dir: str | None = None
+    convention: str = "classic"
+    threads: int = 1
+    data_fingerprint: str = ""
+
+
+def training_spec(method: Method, params: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict:
+    """Everything that determines the trained network — and nothing else, so post-hoc knobs never retrain."""
+    training = {k: v for k, v in params.items() if k in RECIPE_KNOBS or k in method.training_knobs}
+    return {"trainer": method.name if method.trains() else "cross_entropy", "head": method.head,
+            "benchmark": bench.name, "data": settings.data_fingerprint or bench.fingerprint(),
+            "seed": settings.seed, **training}
+
+
+def build_model(method: Method, params: dict[str, Any], bench: Benchmark):
+    c, h, _ = bench.image_shape
+    mean, std = bench.mean_std()
+    return build_classifier(params["backbone"], c, h, bench.num_classes, mean, std, head=method.head,
+                            sigma=params.get("sigma", 0.5))
+
+
+def _save_checkpoint(folder: str, model, trainer: Trainer, epoch: int) -> None:
+    torch.save({"model": model.state_dict(), "trainer": trainer.state_dict(), "epoch": epoch},
+               os.path.join(folder, "state.pt"))
+
+
+def _load_checkpoint(checkpoint, model, trainer: Trainer) -> int:
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    trainer.load_state_dict(state["trainer"])
+    return int(state["epoch"])
+
+
+def train_network(method: Method, model, params, bench: Benchmark, settings: TrialSettings, device,
+                  report: Callable | None = None, checkpoint=None) -> None:
+    """Train epoch by epoch; with ``report``, validate and checkpoint after each epoch."""
+    trainer = (method.trainer_class() or Trainer)(params, device, settings.seed)
+    trainer.setup(model, len(bench.id_train))
+    start = _load_checkpoint(checkpoint, model, trainer) + 1 if checkpoint is not None else 1
+    for epoch in range(start, trainer.epochs + 1):
+        stats = trainer.train_epoch(model, bench.id_train.x, bench.id_train.y, epoch)
+        if report is None:
+            continue
+        store = OutputStore(model, bench, device)
+        scorer = fit_scorer(method.scorer(params), store, EPOCH_FIT_SAMPLES)
+        metrics = {**stats, **validate(scorer, store, settings.convention), "epoch": epoch}
+        report(metrics, lambda folder: _save_checkpoint(folder, model, trainer, epoch))
+
+
+def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
+              report: Callable | None = None, checkpoint=None) -> dict[str, Any]:
+    """Train or reuse the network, then validate and evaluate; returns the final result.
+
+    ``report(metrics, save_checkpoint)`` receives per-epoch results of methods that train; ``checkpoint``
+    is a Tune checkpoint to resume from. Both are optional (plain Python use).
+    """
+    torch.set_num_threads(max(1, int(settings.threads)))
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    method = methods.get(settings.method)
+    params = {**bench.recipe, **config}
+    device = pick_device()
+    cache = ModelCache(settings.cache_dir)
+    spec = training_spec(method, params, bench, settings)
+    key = config_key(spec)
+    model = build_model(method, params, bench)
+    started = time.time()
+    trained_here = False
+    if not cache.load_model(key, model):
+        with cache.lock(key):  # concurrent trials wanting the same network wait here instead of training it too
+            if not cache.load_model(key, model):
+                model.to(device)
+                train_network(method, model, params, bench, settings, device,
+                              report if method.trains() else None, checkpoint)
+                cache.save_model(key, model, spec, time.time() - started)
+                trained_here = True
+    model.to(device).eval()
+    store = OutputStore(model, bench, device, persist=functools.partial(cache.outputs, key))
+    scorer = fit_scorer(method.scorer(params), store)
+    result = validate(scorer, store, settings.convention)
+    matrix = test_matrix(scorer, store, settings.convention)
+    result.update(matrix.flat())
+    result.update({"matrix_json": json.dumps(matrix.to_json()), "model_key": key, "trained_model": trained_here,
+                   "epoch": int(params["epochs"]), "final": True, "trial_seconds": time.time() - started})
+    return result
+
+
+def tune_trainable(config: dict[str, Any], bench: Benchmark, settings: dict[str, Any]) -> None:
+    """Ray Tune function trainable (wrap with ``tune.with_parameters(tune_trainable, bench=..., settings=...)``)."""
+    from ray import tune
+
+    def report(metrics, save_checkpoint):
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(folder)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    final = run_trial(config, bench, TrialSettings(**settings), report, tune.get_checkpoint())
+    tune.report(final)
+
+
+def settings_dict(settings: TrialSettings) -> dict[str, Any]:
+    return asdict(settings)

@@ -1,0 +1,95 @@
+"""Epoch-by-epoch supervised training. Methods that train subclass :class:`Trainer` and change
+:meth:`Trainer.loss` (and, where the paper does, :meth:`Trainer.param_groups`).
+
+Recipe knobs shared by every trainer: epochs, lr, batch_size, momentum, weight_decay, nesterov
+(SGD with cosine annealing per step, as OpenOOD trains its CIFAR baselines).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+RECIPE_KNOBS = frozenset({"backbone", "epochs", "lr", "batch_size", "momentum", "weight_decay", "nesterov"})
+
+
+def to_float(x_uint8: np.ndarray | torch.Tensor, device) -> torch.Tensor:
+    """uint8 images → float tensor in [0, 1] on ``device``."""
+    t = torch.as_tensor(x_uint8)
+    return t.to(device, non_blocking=True).float().div_(255.0)
+
+
+def pick_device() -> torch.device:
+    """CUDA when this process was given a GPU (by Ray or by the user), CPU otherwise."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    try:
+        import ray
+
+        if ray.is_initialized() and not ray.get_gpu_ids():
+            return torch.device("cpu")
+    except Exception:  # noqa: BLE001 - outside Ray: any visible GPU is ours
+        pass
+    return torch.device("cuda")
+
+
+class Trainer:
+    """Cross-entropy training with SGD + cosine schedule; subclasses override :meth:`loss`."""
+
+    def __init__(self, params: dict[str, Any], device: torch.device | str = "cpu", seed: int = 0):
+        self.params = params
+        self.device = torch.device(device)
+        self.epochs = int(params["epochs"])
+        self.batch_size = int(params.get("batch_size", 128))
+        self.seed = seed
+        self.optimizer = None
+        self.scheduler = None
+
+    # ---- what subclasses change
+    def param_groups(self, model) -> list[dict]:
+        return [{"params": list(model.parameters())}]
+
+    def loss(self, model, x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        return F.cross_entropy(model(x), y)
+
+    # ---- the loop
+    def setup(self, model, n_train: int) -> None:
+        p = self.params
+        self.optimizer = torch.optim.SGD(self.param_groups(model), lr=float(p.get("lr", 0.05)),
+                                         momentum=float(p.get("momentum", 0.9)),
+                                         weight_decay=float(p.get("weight_decay", 5e-4)),
+                                         nesterov=bool(p.get("nesterov", True)))
+        steps = max(1, self.epochs * math.ceil(n_train / self.batch_size))
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
+
+    def train_epoch(self, model, x: np.ndarray, y: np.ndarray, epoch: int) -> dict[str, float]:
+        """One pass over (x uint8, y) in a seeded random order; returns the mean loss."""
+        model.train()
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(x))
+        total, count = 0.0, 0
+        for start in range(0, len(order), self.batch_size):
+            idx = np.sort(order[start:start + self.batch_size])
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            xb = to_float(x[idx], self.device)
+            yb = torch.as_tensor(y[idx]).to(self.device)
+            loss = self.loss(model, xb, yb, epoch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss ({loss.item()}) at epoch {epoch}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        return {"train/loss": total / max(count, 1)}
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
