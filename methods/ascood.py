@@ -93,7 +93,7 @@ class ASCOODTrainer(Trainer):
         head = list(model.head.parameters())
         head_ids = {id(p) for p in head}
         body = [p for p in model.parameters() if id(p) not in head_ids]
-        return [{"params": body}, {"params": head, "lr": float(self.params.get("lr", 0.05)) * self.fc_lr_factor}]
+        return [{"params": body}, {"params": head, "lr": self.lr * self.fc_lr_factor}]
 
     def outliers(self, model, xn, y, epoch):
         alpha = alpha_at(epoch, self.epochs, self.alpha_min, self.alpha_max)

@@ -44,7 +44,11 @@ class Scorer:
     #: True when :meth:`fit` uses training outputs (the evaluator then extracts them).
     needs_fit: ClassVar[bool] = False
 
-    def fit(self, train: Outputs, model: Any = None) -> "Scorer":
+    #: True when :meth:`fit` also needs the training images (keyword ``images``: uint8 (N, C, H, W)),
+    #: e.g. KIRBY, which erases and inpaints them.
+    needs_train_images: ClassVar[bool] = False
+
+    def fit(self, train: Outputs, model: Any = None, **extra) -> "Scorer":
         return self
 
     def score(self, outputs: Outputs) -> np.ndarray:
@@ -74,6 +78,9 @@ class Method:
     training_knobs: ClassVar[frozenset[str]] = frozenset()
     #: Head of the classifier: "linear", or "zscore" (ASCOOD's standardised-feature head, knob ``sigma``).
     head: ClassVar[str] = "linear"
+    #: True: the trainer fine-tunes the cached cross-entropy classifier (UM, MODE, OAML) instead of
+    #: training from scratch; the base network is trained once and shared like any cached model.
+    finetunes: ClassVar[bool] = False
 
     def trains(self) -> bool:
         """True when the method trains its own network (reported epoch by epoch); False = post-hoc."""

@@ -49,9 +49,11 @@ class Benchmark:
     ood_val: dict[str, Split]
     near: dict[str, Split]
     far: dict[str, Split]
-    #: The network's training recipe for this benchmark; a search space's ``training:`` overrides it.
+    #: The network's training recipe for this benchmark; a search space's fixed/searched knobs override it.
     recipe: dict = field(default_factory=dict)
     smoke: bool = False
+    #: Auxiliary outlier sets for training (Outlier Exposure); never the same data as any OOD test set.
+    aux: dict[str, Split] = field(default_factory=dict)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -86,7 +88,7 @@ class Benchmark:
         small = lambda d: {k: v.take(n_eval, rng) for k, v in d.items()}  # noqa: E731
         return Benchmark(self.name, self.num_classes, self.id_train.take(n_train, rng), self.id_val.take(n_eval, rng),
                          self.id_test.take(n_eval, rng), small(self.ood_val), small(self.near), small(self.far),
-                         dict(self.recipe), smoke=True)
+                         dict(self.recipe), smoke=True, aux={k: v.take(n_train, rng) for k, v in self.aux.items()})
 
 
 _BENCHMARKS: dict[str, Callable[[str | None], Benchmark]] = {}

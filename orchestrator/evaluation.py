@@ -81,8 +81,12 @@ def fit_scorer(scorer: Scorer, store: OutputStore, max_train: int | None = None)
     if not scorer.needs_fit:
         return scorer.fit(None, store.model)
     train = store.get("id_train", with_fmap="fmap" in scorer.needs)
+    index = np.arange(len(train))
     if max_train is not None and len(train) > max_train:
-        train = train.subset(np.sort(np.random.default_rng(0).choice(len(train), max_train, replace=False)))
+        index = np.sort(np.random.default_rng(0).choice(len(train), max_train, replace=False))
+        train = train.subset(index)
+    if scorer.needs_train_images:
+        return scorer.fit(train, store.model, images=store.bench.id_train.x[index])
     return scorer.fit(train, store.model)
 
 

@@ -25,7 +25,7 @@ from orchestrator.backbones import build_classifier
 from orchestrator.benchmarks import Benchmark
 from orchestrator.cache import ModelCache, config_key
 from orchestrator.evaluation import OutputStore, fit_scorer, test_matrix, validate
-from orchestrator.training import RECIPE_KNOBS, Trainer, pick_device
+from orchestrator.training import RECIPE_KNOBS, ModelProvider, Trainer, pick_device
 
 #: Per-epoch validation fits the scorer on at most this many training samples (the final one uses all).
 EPOCH_FIT_SAMPLES = 2000
@@ -46,9 +46,45 @@ class TrialSettings:
 def training_spec(method: Method, params: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict:
     """Everything that determines the trained network — and nothing else, so post-hoc knobs never retrain."""
     training = {k: v for k, v in params.items() if k in RECIPE_KNOBS or k in method.training_knobs}
-    return {"trainer": method.name if method.trains() else "cross_entropy", "head": method.head,
+    spec = {"trainer": method.name if method.trains() else "cross_entropy", "head": method.head,
             "benchmark": bench.name, "data": settings.data_fingerprint or bench.fingerprint(),
             "seed": settings.seed, **training}
+    if method.finetunes:
+        spec["base"] = config_key(training_spec(_CrossEntropy(), params, bench, settings))
+    return spec
+
+
+class _CrossEntropy(Method):
+    """The shared classifier every post-hoc method and every fine-tuning method starts from."""
+
+    name = "cross_entropy"
+
+
+def obtain_model(method: Method, params: dict[str, Any], bench: Benchmark, settings: TrialSettings, device,
+                 cache: ModelCache, report: Callable | None = None, checkpoint=None):
+    """The trained network for (method, params): from the cache, or trained once under a per-key lock.
+
+    Returns (model on ``device``, cache key, whether this call trained it).
+    """
+    spec = training_spec(method, params, bench, settings)
+    key = config_key(spec)
+    model = build_model(method, params, bench)
+    if cache.load_model(key, model):
+        return model.to(device), key, False
+    with cache.lock(key):  # concurrent trials wanting the same network wait here instead of training it too
+        if cache.load_model(key, model):
+            return model.to(device), key, False
+        started = time.time()
+        if method.finetunes:
+            base, _, _ = obtain_model(_CrossEntropy(), params, bench, settings, device, cache)
+            model.load_state_dict(base.state_dict(), strict=False)
+        model.to(device)
+        provider = ModelProvider(lambda over: obtain_model(_CrossEntropy(), {**params, **over}, bench, settings,
+                                                           device, cache)[0])
+        train_network(method, model, params, bench, settings, device, provider,
+                      report if method.trains() else None, checkpoint)
+        cache.save_model(key, model, spec, time.time() - started)
+        return model, key, True
 
 
 def build_model(method: Method, params: dict[str, Any], bench: Benchmark):
@@ -72,10 +108,10 @@ def _load_checkpoint(checkpoint, model, trainer: Trainer) -> int:
 
 
 def train_network(method: Method, model, params, bench: Benchmark, settings: TrialSettings, device,
-                  report: Callable | None = None, checkpoint=None) -> None:
+                  provider: ModelProvider | None = None, report: Callable | None = None, checkpoint=None) -> None:
     """Train epoch by epoch; with ``report``, validate and checkpoint after each epoch."""
     trainer = (method.trainer_class() or Trainer)(params, device, settings.seed)
-    trainer.setup(model, len(bench.id_train))
+    trainer.setup(model, bench, provider)
     start = _load_checkpoint(checkpoint, model, trainer) + 1 if checkpoint is not None else 1
     for epoch in range(start, trainer.epochs + 1):
         stats = trainer.train_epoch(model, bench.id_train.x, bench.id_train.y, epoch)
@@ -101,20 +137,9 @@ def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
     params = {**bench.recipe, **config}
     device = pick_device()
     cache = ModelCache(settings.cache_dir)
-    spec = training_spec(method, params, bench, settings)
-    key = config_key(spec)
-    model = build_model(method, params, bench)
     started = time.time()
-    trained_here = False
-    if not cache.load_model(key, model):
-        with cache.lock(key):  # concurrent trials wanting the same network wait here instead of training it too
-            if not cache.load_model(key, model):
-                model.to(device)
-                train_network(method, model, params, bench, settings, device,
-                              report if method.trains() else None, checkpoint)
-                cache.save_model(key, model, spec, time.time() - started)
-                trained_here = True
-    model.to(device).eval()
+    model, key, trained_here = obtain_model(method, params, bench, settings, device, cache, report, checkpoint)
+    model.eval()
     store = OutputStore(model, bench, device, persist=functools.partial(cache.outputs, key))
     scorer = fit_scorer(method.scorer(params), store)
     result = validate(scorer, store, settings.convention)

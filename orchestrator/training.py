@@ -2,7 +2,10 @@
 :meth:`Trainer.loss` (and, where the paper does, :meth:`Trainer.param_groups`).
 
 Recipe knobs shared by every trainer: epochs, lr, batch_size, momentum, weight_decay, nesterov
-(SGD with cosine annealing per step, as OpenOOD trains its CIFAR baselines).
+(SGD with cosine annealing per step, as OpenOOD trains its CIFAR baselines). A fine-tuning trainer
+(UM, MODE, OAML...) starts from the cached cross-entropy classifier and reads its own epoch and lr knobs
+by setting ``epochs_knob`` / ``lr_knob`` (e.g. ``finetune_epochs``), so the recipe keeps describing the
+base network.
 """
 from __future__ import annotations
 
@@ -37,16 +40,29 @@ def pick_device() -> torch.device:
 
 
 class Trainer:
-    """Cross-entropy training with SGD + cosine schedule; subclasses override :meth:`loss`."""
+    """Cross-entropy training with SGD + cosine schedule; subclasses override :meth:`loss`.
+
+    After :meth:`setup`, ``self.bench`` is the benchmark (ID training data, auxiliary outliers) and
+    ``self.models`` a :class:`ModelProvider` for other cached networks (a teacher, the CE baseline).
+    """
+
+    epochs_knob: str = "epochs"
+    lr_knob: str = "lr"
+    #: Default of ``epochs_knob`` / ``lr_knob`` when they are not the recipe's own keys.
+    default_epochs: int = 10
+    default_lr: float = 0.01
 
     def __init__(self, params: dict[str, Any], device: torch.device | str = "cpu", seed: int = 0):
         self.params = params
         self.device = torch.device(device)
-        self.epochs = int(params["epochs"])
+        self.epochs = int(params.get(self.epochs_knob, self.default_epochs))
+        self.lr = float(params.get(self.lr_knob, self.default_lr))
         self.batch_size = int(params.get("batch_size", 128))
         self.seed = seed
         self.optimizer = None
         self.scheduler = None
+        self.bench = None
+        self.models = None
 
     # ---- what subclasses change
     def param_groups(self, model) -> list[dict]:
@@ -56,9 +72,15 @@ class Trainer:
         return F.cross_entropy(model(x), y)
 
     # ---- the loop
-    def setup(self, model, n_train: int) -> None:
+    def prepare(self, model) -> None:
+        """Hook run once before the optimiser is built (estimate a loss floor, build a projector...)."""
+
+    def setup(self, model, bench, models: "ModelProvider | None" = None) -> None:
+        self.bench, self.models = bench, models
+        self.prepare(model)
         p = self.params
-        self.optimizer = torch.optim.SGD(self.param_groups(model), lr=float(p.get("lr", 0.05)),
+        n_train = len(bench.id_train)
+        self.optimizer = torch.optim.SGD(self.param_groups(model), lr=self.lr,
                                          momentum=float(p.get("momentum", 0.9)),
                                          weight_decay=float(p.get("weight_decay", 5e-4)),
                                          nesterov=bool(p.get("nesterov", True)))
@@ -87,9 +109,29 @@ class Trainer:
             count += len(idx)
         return {"train/loss": total / max(count, 1)}
 
+    def extra_state(self) -> dict:
+        """Tensors a subclass must keep across a checkpoint (e.g. a trainable projector's weights)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "extra": self.extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.load_extra_state(state.get("extra", {}))
+
+
+class ModelProvider:
+    """Gives a trainer other trained networks of the same benchmark, from the cache (trained on a miss)."""
+
+    def __init__(self, get):
+        self._get = get
+
+    def classifier(self, **overrides):
+        """The cross-entropy classifier of this benchmark's recipe, with ``overrides`` (e.g. backbone="resnet18")."""
+        return self._get(overrides)
