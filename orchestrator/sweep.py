@@ -204,7 +204,7 @@ def run(prep: Prepared) -> SweepResult:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=prep.num_samples,
-                                        max_concurrent_trials=prep.max_concurrent, metric=space.metric,
+                                        max_concurrent_trials=prep.max_concurrent, metric=space.metric, reuse_actors=True,
                                         mode=space.mode),
             run_config=tune.RunConfig(name=prep.name, storage_path=prep.storage_path, callbacks=[logger, progress],
                                       verbose=0, failure_config=tune.FailureConfig(max_failures=opts.max_failures),
