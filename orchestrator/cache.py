@@ -6,7 +6,7 @@ Layout under the cache root (``--cache-dir``, ``$OODSWEEP_CACHE`` or ``~/.cache/
     models/<key>/meta.json       the training config that produced it
     models/<key>/outputs/<split>[+fmap].npz
     locks/<key>.lock             flock: one trainer per key, however many trials want it
-    trained.log                  one line per model trained (how tests count trainings)
+    trained.log, extracted.log   one line per model trained / split extracted (how tests and benchmarks count)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a trial that
 dies mid-write leaves no entry that could be read as complete. On a multi-node cluster point the cache
@@ -98,7 +98,13 @@ class ModelCache:
             log.write(json.dumps({"key": key, "spec": spec, "seconds": seconds}, default=str) + "\n")
 
     def trained_count(self) -> int:
-        log = self.root / "trained.log"
+        return self._lines("trained.log")
+
+    def extracted_count(self) -> int:
+        return self._lines("extracted.log")
+
+    def _lines(self, name: str) -> int:
+        log = self.root / name
         return sum(1 for _ in open(log)) if log.is_file() else 0
 
     # ---- outputs
@@ -131,3 +137,5 @@ class ModelCache:
         if out.fmap is not None:
             arrays["fmap"] = out.fmap
         _atomic_write(self._outputs_path(key, split, with_fmap), lambda f: np.savez(f, **arrays))
+        with open(self.root / "extracted.log", "a") as log:
+            log.write(json.dumps({"key": key, "split": split, "fmap": with_fmap}) + "\n")

@@ -193,8 +193,9 @@ def run(prep: Prepared) -> SweepResult:
         settings = TrialSettings(method=method.name, seed=opts.seed, cache_dir=opts.cache_dir,
                                  convention=opts.convention, threads=max(1, int(opts.cpus_per_trial)),
                                  data_fingerprint=bench.fingerprint())
+        shared = _prewarm(method, space, prep.fixed, bench, settings, opts)
         trainable = tune.with_resources(
-            tune.with_parameters(tune_trainable, bench=bench, settings=settings_dict(settings)),
+            tune.with_parameters(tune_trainable, bench=bench, settings=settings_dict(settings), shared=shared),
             {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
         space_fn = _define_by_run(space, prep.fixed)
         sampler = optuna.samplers.TPESampler(seed=opts.seed)
@@ -216,6 +217,24 @@ def run(prep: Prepared) -> SweepResult:
         return result
     finally:
         sweep_run.end(status)
+
+
+def _prewarm(method, space, fixed, bench, settings, opts):
+    """For a post-hoc sweep whose knobs never change the network: train/load it and extract its outputs in
+    one Ray task, and return the ObjectRef that every trial reads them from. None when trials differ in network.
+    """
+    import ray
+
+    from orchestrator.trainable import shared_outputs
+    from orchestrator.training import RECIPE_KNOBS
+
+    if method.trains() or any(k.name in RECIPE_KNOBS or k.name in method.training_knobs for k in space.knobs):
+        return None
+    _say(opts, "Preparing the shared classifier and its outputs (trained once, cached by config hash)...")
+    task = ray.remote(shared_outputs).options(num_cpus=opts.cpus_per_trial, num_gpus=opts.gpus_per_trial)
+    ref = task.remote(dict(fixed), bench, settings)
+    ray.get(ref)  # surface a failure here, before any trial starts
+    return ref
 
 
 def _define_by_run(space: search_space.SearchSpace, fixed: dict[str, Any]):

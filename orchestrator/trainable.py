@@ -123,16 +123,38 @@ def train_network(method: Method, model, params, bench: Benchmark, settings: Tri
         report(metrics, lambda folder: _save_checkpoint(folder, model, trainer, epoch))
 
 
-def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
-              report: Callable | None = None, checkpoint=None) -> dict[str, Any]:
-    """Train or reuse the network, then validate and evaluate; returns the final result.
+def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict[str, Any]:
+    """Train (or load) the network of ``config`` and extract every split's outputs, once, for a whole sweep.
 
-    ``report(metrics, save_checkpoint)`` receives per-epoch results of methods that train; ``checkpoint``
-    is a Tune checkpoint to resume from. Both are optional (plain Python use).
+    The sweep runs this as one Ray task before its post-hoc trials and hands them the result through the
+    object store, so those trials never run the network (gradient scorers excepted).
     """
+    _seed(settings)
+    method = methods.get(settings.method)
+    params = {**bench.recipe, **config}
+    device = pick_device()
+    cache = ModelCache(settings.cache_dir)
+    model, key, _ = obtain_model(method, params, bench, settings, device, cache)
+    scorer = method.scorer(params)
+    with_fmap = "fmap" in scorer.needs
+    store = OutputStore(model.eval(), bench, device, persist=functools.partial(cache.outputs, key))
+    return {"key": key, "outputs": {(name, with_fmap): store.get(name, with_fmap) for name in bench.splits()}}
+
+
+def _seed(settings: TrialSettings) -> None:
     torch.set_num_threads(max(1, int(settings.threads)))
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
+
+
+def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
+              report: Callable | None = None, checkpoint=None, shared: dict | None = None) -> dict[str, Any]:
+    """Train or reuse the network, then validate and evaluate; returns the final result.
+
+    ``report(metrics, save_checkpoint)`` receives per-epoch results of methods that train; ``checkpoint``
+    is a Tune checkpoint to resume from; ``shared`` is :func:`shared_outputs`' result. All optional.
+    """
+    _seed(settings)
     method = methods.get(settings.method)
     params = {**bench.recipe, **config}
     device = pick_device()
@@ -140,7 +162,11 @@ def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
     started = time.time()
     model, key, trained_here = obtain_model(method, params, bench, settings, device, cache, report, checkpoint)
     model.eval()
-    store = OutputStore(model, bench, device, persist=functools.partial(cache.outputs, key))
+    persist = functools.partial(cache.outputs, key)
+    if shared and shared.get("key") == key:
+        known = shared["outputs"]
+        persist = lambda name, fmap, compute: known.get((name, fmap)) or cache.outputs(key, name, fmap, compute)  # noqa: E731
+    store = OutputStore(model, bench, device, persist=persist)
     scorer = fit_scorer(method.scorer(params), store)
     result = validate(scorer, store, settings.convention)
     matrix = test_matrix(scorer, store, settings.convention)
@@ -150,16 +176,23 @@ def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
     return result
 
 
-def tune_trainable(config: dict[str, Any], bench: Benchmark, settings: dict[str, Any]) -> None:
-    """Ray Tune function trainable (wrap with ``tune.with_parameters(tune_trainable, bench=..., settings=...)``)."""
+def tune_trainable(config: dict[str, Any], bench: Benchmark, settings: dict[str, Any], shared=None) -> None:
+    """Ray Tune function trainable (wrap with ``tune.with_parameters(tune_trainable, bench=..., settings=...)``).
+
+    ``shared`` may be an ObjectRef to :func:`shared_outputs`' result (fetched from the object store here).
+    """
+    import ray
     from ray import tune
+
+    if isinstance(shared, ray.ObjectRef):
+        shared = ray.get(shared)
 
     def report(metrics, save_checkpoint):
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(folder)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    final = run_trial(config, bench, TrialSettings(**settings), report, tune.get_checkpoint())
+    final = run_trial(config, bench, TrialSettings(**settings), report, tune.get_checkpoint(), shared)
     tune.report(final)
 
 

@@ -1,0 +1,72 @@
+"""The model cache: one training per config however many trials ask, atomic entries, real Ray sweep sharing."""
+import multiprocessing as mp
+import os
+
+import pytest
+import torch
+
+from orchestrator import benchmarks
+from orchestrator.cache import ModelCache, config_key
+from orchestrator.trainable import TrialSettings, run_trial
+
+
+def test_config_key_ignores_order_and_changes_with_values():
+    assert config_key({"a": 1, "b": 2}) == config_key({"b": 2, "a": 1})
+    assert config_key({"a": 1}) != config_key({"a": 2})
+
+
+def test_post_hoc_knobs_never_retrain_and_training_knobs_do(tmp_path):
+    bench = benchmarks.load("digits", smoke=True)
+    settings = TrialSettings("energy", cache_dir=str(tmp_path), threads=1)
+    cache = ModelCache(tmp_path)
+    first = run_trial({"epochs": 1, "temperature": 1.0}, bench, settings)
+    extracted = cache.extracted_count()
+    assert extracted == len(bench.splits()) - 1  # energy needs no training-split outputs
+    second = run_trial({"epochs": 1, "temperature": 5.0}, bench, settings)
+    assert first["trained_model"] and not second["trained_model"]
+    assert first["model_key"] == second["model_key"]
+    assert cache.trained_count() == 1
+    assert cache.extracted_count() == extracted  # the second trial read every split from the cache
+    msp = run_trial({"epochs": 1}, bench, TrialSettings("msp", cache_dir=str(tmp_path), threads=1))
+    assert msp["model_key"] == first["model_key"]  # post-hoc methods share one classifier
+    third = run_trial({"epochs": 1, "lr": 0.01}, bench, settings)
+    assert third["trained_model"] and cache.trained_count() == 2
+
+
+def _hold_lock_then_write(root, key, ready):
+    cache = ModelCache(root)
+    with cache.lock(key):
+        ready.set()
+        import time
+
+        time.sleep(1.0)
+        torch.save({"w": torch.ones(1)}, os.path.join(root, "written-by-holder"))
+
+
+def test_lock_serialises_processes(tmp_path):
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_hold_lock_then_write, args=(str(tmp_path), "k", ready))
+    p.start()
+    assert ready.wait(30)
+    with ModelCache(tmp_path).lock("k"):  # blocks until the holder released it, after its write
+        assert (tmp_path / "written-by-holder").exists()
+    p.join()
+
+
+def test_interrupted_write_leaves_no_entry(tmp_path, monkeypatch):
+    cache = ModelCache(tmp_path)
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(RuntimeError):
+        cache.save_model("k", torch.nn.Linear(2, 2), {}, 0.0)
+    assert not cache.has_model("k") and not cache.load_model("k", torch.nn.Linear(2, 2))
+    assert [p.name for p in (tmp_path / "models" / "k").iterdir()] == ["meta.json"]  # no temp file left behind
+    monkeypatch.setattr(torch, "save", real_save)
+    cache.save_model("k", torch.nn.Linear(2, 2), {}, 0.0)
+    assert cache.load_model("k", torch.nn.Linear(2, 2))
