@@ -27,31 +27,54 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--search-space", help="a search-space YAML instead of search_spaces/<method>.yaml")
     p.add_argument("--data-root", help="folder holding datasets (checked before system paths and downloads)")
     p.add_argument("--cache-dir", help="model/feature cache (default: $OODSWEEP_CACHE or ~/.cache/oodsweep)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (default 0)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: the YAML's resources, else 1)")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per trial, fractions allowed (default: the YAML's resources, else 0); trials use CUDA "
+                        "when Ray gives them a GPU")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray instance (default: detected)")
+    p.add_argument("--scheduler", default="none", choices=["none", "asha"],
+                   help="early stopping on the per-epoch validation metric (default none)")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may be stopped")
+    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep 1/N of trials per rung")
+    p.add_argument("--objective", action="append", metavar="METRIC[:max|min]",
+                   help="optimise this metric (repeat for multi-objective, e.g. --objective val/auroc:max "
+                        "--objective val/acc:max); default: the YAML's metric")
+    p.add_argument("--resume", metavar="SWEEP",
+                   help="continue an interrupted sweep (its name, with the same --storage-path, or its results "
+                        "folder): finished trials are kept, unfinished ones continue from their checkpoints")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     p.add_argument("--dashboard-host", default="127.0.0.1",
                    help="dashboard bind address (default 127.0.0.1; the Jobs API runs code for whoever reaches it)")
     p.add_argument("--fpr-convention", default="classic", choices=["classic", "openood"],
                    help="FPR@95 convention (default classic: OOD accepted at 95%% ID acceptance)")
     p.add_argument("--experiment", default="oodsweep", help="MLflow experiment name (default oodsweep)")
-    p.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial from its checkpoint")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="retries of a failed trial (e.g. a lost node) from its last checkpoint (default 2)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
 
 
 def _cmd_sweep(args) -> int:
     from orchestrator import sweep
 
+    if args.resume:
+        prep = sweep.prepare_resume(args.resume, args.storage_path, quiet=args.quiet or None,
+                                    address=args.address, cache_dir=args.cache_dir)
+        if prep.opts.method != args.method:
+            raise sweep.UsageError(f"sweep {prep.name} ran method {prep.opts.method!r}, not {args.method!r}")
+        result = sweep.run(prep)
+        sweep.print_summary(result, prep.space.metric)
+        return 0 if result.best_matrix is not None else 1
     opts = sweep.SweepOptions(
         method=args.method, benchmark=args.benchmark, num_samples=args.num_samples,
         max_concurrent=args.max_concurrent, epochs=args.epochs, seed=args.seed, name=args.name,
         tracking_uri=args.tracking_uri, storage_path=args.storage_path, address=args.address,
         smoke_test=args.smoke_test, search_space=args.search_space, data_root=args.data_root,
         cache_dir=args.cache_dir, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        num_cpus=args.num_cpus, dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host,
-        convention=args.fpr_convention, experiment=args.experiment, max_failures=args.max_failures,
-        quiet=args.quiet)
+        num_cpus=args.num_cpus, num_gpus=args.num_gpus, dashboard=not args.no_dashboard,
+        dashboard_host=args.dashboard_host, convention=args.fpr_convention, experiment=args.experiment,
+        max_failures=args.max_failures, scheduler=args.scheduler, grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor, objectives=args.objective, quiet=args.quiet)
     prep = sweep.prepare(opts)
     result = sweep.run(prep)
     sweep.print_summary(result, prep.space.metric)
@@ -88,7 +111,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _sweep_parser(sub)
     sub.add_parser("list", help="methods, benchmarks and search spaces")
+    ui = sub.add_parser("ui", help="start the MLflow UI on a sweep's store (bound to 127.0.0.1)")
+    ui.add_argument("--tracking-uri", help="the store (default: sqlite:///mlflow.db here)")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="bind address (default 127.0.0.1; anything else exposes every run to the network)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--server", action="store_true",
+                    help="run `mlflow server` (REST API for sweeps on other machines) instead of `mlflow ui`")
     return parser
+
+
+def _cmd_ui(args) -> int:
+    import os
+    import subprocess
+
+    from orchestrator.sweep import UsageError
+    from orchestrator.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise UsageError(f"no MLflow store at {uri[len('sqlite:///'):]}; run a sweep first or pass --tracking-uri")
+    cmd = [sys.executable, "-m", "mlflow", "server" if args.server else "ui", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow {'server' if args.server else 'UI'} on http://{args.host}:{args.port}  (store {uri}); Ctrl-C stops it",
+          flush=True)
+    return subprocess.call(cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.sweep import UsageError
 
     try:
-        return {"sweep": _cmd_sweep, "list": _cmd_list}[args.command](args)
+        return {"sweep": _cmd_sweep, "list": _cmd_list, "ui": _cmd_ui}[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

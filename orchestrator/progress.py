@@ -8,9 +8,9 @@ from ray.tune import Callback
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, metric: str, mode: str, total: int, quiet: bool = False, out=None):
+    def __init__(self, metric: str, mode: str, total: int, quiet: bool = False):
+        # No stream attribute: Tune pickles its callbacks with the experiment state; stdout is looked up per line.
         self.metric, self.mode, self.total, self.quiet = metric, mode, total, quiet
-        self.out = out or sys.stdout
         self.done = self.failed = 0
         self.running: set[str] = set()
         self.best: tuple[float, str] | None = None
@@ -21,7 +21,7 @@ class ProgressPrinter(Callback):
             return
         best = f"best {self.metric} = {self.best[0]:.4f} ({self.best[1]})" if self.best else "best: -"
         print(f"[{time.time() - self.started:6.1f}s] {self.done}/{self.total} done, {len(self.running)} running, "
-              f"{self.failed} failed | {best} | {event}", file=self.out, flush=True)
+              f"{self.failed} failed | {best} | {event}", file=sys.stdout, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
@@ -37,9 +37,13 @@ class ProgressPrinter(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         self.done += 1
-        value = (trial.last_result or {}).get(self.metric)
+        last = trial.last_result or {}
+        value = last.get(self.metric)
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "?"
-        self._line(f"{trial.trial_id} finished ({self.metric} = {shown})")
+        if last.get("final"):
+            self._line(f"{trial.trial_id} finished ({self.metric} = {shown})")
+        else:
+            self._line(f"{trial.trial_id} stopped early at epoch {last.get('epoch', '?')} ({self.metric} = {shown})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)

@@ -12,6 +12,10 @@ Format (``search_spaces/<method>.yaml``)::
       lr:  {type: float, low: 0.01, high: 0.1, step: 0.01}
       mode: {type: categorical, choices: [a, b]}
     fixed: {epochs: 10}        # constants; override the benchmark's training recipe too
+    resources: {cpu: 1, gpu: 0}  # per trial; --cpus-per-trial / --gpus-per-trial override (fractions allowed)
+
+Multi-objective: ``metric: [val/auroc, val/acc]`` with ``mode: [max, max]`` (Optuna's multi-objective
+sampler; the sweep reports the Pareto front).
 
 Any knob may be searched or fixed; whether it retrains the network is decided by its name
 (the method's ``training_knobs`` and the recipe keys), never by where it appears.
@@ -25,7 +29,8 @@ from typing import Any
 import yaml
 
 SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-_TOP_KEYS = {"description", "metric", "mode", "budget", "space", "fixed", "smoke"}
+_TOP_KEYS = {"description", "metric", "mode", "budget", "space", "fixed", "smoke", "resources"}
+_RESOURCE_KEYS = {"cpu", "gpu"}
 _BUDGET_KEYS = {"num_samples", "max_concurrent"}
 
 
@@ -69,12 +74,24 @@ class SearchSpace:
     knobs: list[Knob] = field(default_factory=list)
     fixed: dict[str, Any] = field(default_factory=dict)
     smoke: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)
+    #: (metric, mode) pairs; one pair = single-objective, with ``metric``/``mode`` its first entry.
+    objectives: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.objectives:
+            self.objectives = [(self.metric, self.mode)]
+        self.metric, self.mode = self.objectives[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     def define_by_run(self) -> "DefineByRun":
         return DefineByRun(self.knobs, self.fixed)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "mode": self.mode, "num_samples": self.num_samples,
+        return {"objectives": [list(o) for o in self.objectives], "num_samples": self.num_samples,
                 "max_concurrent": self.max_concurrent, "space": [k.describe() for k in self.knobs],
                 "fixed": self.fixed}
 
@@ -138,12 +155,11 @@ def parse(data: Any, method: str, path: str = "<search space>") -> SearchSpace:
     unknown = set(data) - _TOP_KEYS
     if unknown:
         _fail(path, f"unknown top-level keys {sorted(unknown)} (allowed: {sorted(_TOP_KEYS)})")
-    mode = data.get("mode", "max")
-    if mode not in ("max", "min"):
-        _fail(path, f"mode must be max or min, got {mode!r}")
-    metric = data.get("metric", "val/auroc")
-    if not isinstance(metric, str):
-        _fail(path, f"metric must be a metric name such as val/auroc, got {metric!r}")
+    objectives = parse_objectives(data.get("metric", "val/auroc"), data.get("mode", "max"), path)
+    resources = data.get("resources") or {}
+    if not isinstance(resources, dict) or set(resources) - _RESOURCE_KEYS or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in resources.values()):
+        _fail(path, f"resources must map cpu/gpu to non-negative numbers, got {resources!r}")
     budget = data.get("budget") or {}
     if not isinstance(budget, dict) or set(budget) - _BUDGET_KEYS:
         _fail(path, f"budget must be a mapping with keys {sorted(_BUDGET_KEYS)}, got {budget!r}")
@@ -160,10 +176,26 @@ def parse(data: Any, method: str, path: str = "<search space>") -> SearchSpace:
     if both:
         _fail(path, f"knobs {sorted(both)} are both searched (space) and fixed; keep one")
     knobs = [_parse_knob(path, name, spec) for name, spec in space.items()]
-    return SearchSpace(method=method, path=str(path), description=str(data.get("description", "")), metric=metric,
-                       mode=mode, num_samples=budget.get("num_samples", 8),
-                       max_concurrent=budget.get("max_concurrent", 2), knobs=knobs, fixed=dict(fixed),
-                       smoke=dict(smoke))
+    return SearchSpace(method=method, path=str(path), description=str(data.get("description", "")),
+                       num_samples=budget.get("num_samples", 8), max_concurrent=budget.get("max_concurrent", 2),
+                       knobs=knobs, fixed=dict(fixed), smoke=dict(smoke), resources=dict(resources),
+                       objectives=objectives)
+
+
+def parse_objectives(metric: Any, mode: Any, path: str = "<search space>") -> list[tuple[str, str]]:
+    """``metric``/``mode`` as a name and max|min, or as equally long lists of them."""
+    metrics = metric if isinstance(metric, list) else [metric]
+    modes = mode if isinstance(mode, list) else [mode] * len(metrics)
+    if not metrics or not all(isinstance(m, str) and m for m in metrics):
+        _fail(path, f"metric must be a metric name such as val/auroc (or a list of them), got {metric!r}")
+    if len(modes) != len(metrics):
+        _fail(path, f"mode needs one entry per metric: {len(metrics)} metrics, {len(modes)} modes")
+    for m in modes:
+        if m not in ("max", "min"):
+            _fail(path, f"mode must be max or min, got {m!r}")
+    if len(set(metrics)) != len(metrics):
+        _fail(path, f"metric lists {metrics} twice")
+    return list(zip(metrics, modes))
 
 
 def load(method: str, path: str | Path | None = None) -> SearchSpace:

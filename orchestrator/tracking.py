@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any trial starts, when an MLflow server is down."""
     if not uri.startswith(("http://", "https://")):
         return
+    # MLflow's own HTTP retries back off for minutes; the tracker queues and retries events itself.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     import urllib.error
     import urllib.request
 
@@ -79,10 +84,19 @@ class SweepRun:
             run_id = run.info.run_id
         self.run_id = run_id
 
-    def log_params(self, params: dict[str, Any]) -> None:
+    def log_params(self, params: dict[str, Any], overwrite_ok: bool = False) -> None:
+        """Params are immutable in MLflow; with ``overwrite_ok`` (a resumed sweep's best.*) existing ones are kept
+        as tags instead."""
         from mlflow.entities import Param
 
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in _params(params).items()])
+        values = _params(params)
+        if overwrite_ok:
+            existing = self.client.get_run(self.run_id).data.params
+            for k in [k for k in values if k in existing and existing[k] != values[k]]:
+                self.client.set_tag(self.run_id, k, values.pop(k))
+            values = {k: v for k, v in values.items() if k not in existing}
+        if values:
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in values.items()])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
@@ -124,6 +138,8 @@ class MLflowTrialLogger(Callback):
         self.tags = tags or {}
         self.child: dict[str, str] = {}
         self.failures = 0
+        self.queue: list = []
+        self.warned = False
 
     def _existing_children(self) -> dict[str, str]:
         runs = self.client.search_runs([self.sweep.experiment_id],
@@ -134,26 +150,48 @@ class MLflowTrialLogger(Callback):
     def setup(self, **info):
         self.child.update(self._existing_children())
 
-    def _run_for(self, trial) -> str:
-        run_id = self.child.get(trial.trial_id)
+    def _run_for(self, trial_id: str, config: dict) -> str:
+        run_id = self.child.get(trial_id)
         if run_id is None:
-            tags = {"mlflow.parentRunId": self.sweep.run_id, TRIAL_TAG: trial.trial_id, **self.tags}
-            run = self.client.create_run(self.sweep.experiment_id, run_name=f"trial-{trial.trial_id}", tags=tags)
-            run_id = self.child[trial.trial_id] = run.info.run_id
+            tags = {"mlflow.parentRunId": self.sweep.run_id, TRIAL_TAG: trial_id, **self.tags}
+            run = self.client.create_run(self.sweep.experiment_id, run_name=f"trial-{trial_id}", tags=tags)
+            run_id = self.child[trial_id] = run.info.run_id
             from mlflow.entities import Param
 
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in _params(trial.config).items()])
-        else:
-            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in _params(config).items()])
         return run_id
 
+    # Every event is queued and flushed in order: if the tracking server drops mid-sweep, trials go on and
+    # their results wait here (retried at each later event and at the end) instead of being lost.
+    def _submit(self, op) -> None:
+        self.queue.append(op)
+        self.flush()
+
+    def flush(self) -> bool:
+        while self.queue:
+            try:
+                self.queue[0]()
+            except Exception as exc:  # noqa: BLE001 - any tracking failure: keep the event, retry later
+                if not self.warned:
+                    print(f"warning: MLflow logging failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                          f"results are kept and retried", file=sys.stderr, flush=True)
+                    self.warned = True
+                return False
+            self.queue.pop(0)
+        return True
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_for(trial)
+        trial_id, config = trial.trial_id, dict(trial.config)
+        self._submit(lambda: self._run_for(trial_id, config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        trial_id, config, result = trial.trial_id, dict(trial.config), dict(result)
+        self._submit(lambda: self._log_result(trial_id, config, result))
+
+    def _log_result(self, trial_id, config, result):
         from mlflow.entities import Metric
 
-        run_id = self._run_for(trial)
+        run_id = self._run_for(trial_id, config)
         step = int(result.get("training_iteration", 0))
         now = _now_ms()
         metrics = [Metric(k, v, now, step) for k, v in _numeric(result).items()]
@@ -162,15 +200,38 @@ class MLflowTrialLogger(Callback):
             log_matrix_artifacts(self.client, run_id, OODMatrix.from_json(json.loads(result["matrix_json"])))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.client.set_terminated(self._run_for(trial), "FINISHED")
+        trial_id, config, last = trial.trial_id, dict(trial.config), dict(trial.last_result or {})
+        self._submit(lambda: self._complete(trial_id, config, last))
+
+    def _complete(self, trial_id, config, last):
+        run_id = self._run_for(trial_id, config)
+        if not last.get("final"):  # stopped by the scheduler: keep what it reached, say so
+            self.client.set_tag(run_id, "stopped_early", f"epoch {last.get('epoch', '?')}")
+        self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run_for(trial)
         self.failures += 1
         error = ""
         if getattr(trial, "error_file", None) and os.path.exists(trial.error_file):
             error = Path(trial.error_file).read_text()[-4000:]
+        trial_id, config = trial.trial_id, dict(trial.config)
+        self._submit(lambda: self._fail(trial_id, config, error))
+
+    def _fail(self, trial_id, config, error):
+        run_id = self._run_for(trial_id, config)
         self.client.set_tag(run_id, "error", error.strip().splitlines()[-1][:5000] if error.strip() else "trial failed")
         if error:
             self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, "FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        for attempt in range(5):
+            if self.flush():
+                return
+            time.sleep(2 ** attempt)
+        path = Path(tempfile.gettempdir()) / f"oodsweep-unsynced-{self.sweep.run_id}.json"
+        rows = [{"trial_id": t.trial_id, "config": t.config, "last_result": t.last_result, "status": t.status}
+                for t in trials]
+        path.write_text(json.dumps(rows, indent=1, default=str))
+        print(f"warning: {len(self.queue)} MLflow updates could not be written; every trial's final result is in "
+              f"{path}", file=sys.stderr, flush=True)
