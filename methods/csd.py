@@ -1,0 +1,194 @@
+"""CSD — MODE's cross-scale decision (MODE: Multi-scale OOD DEtection, TIP 2023) as a post-hoc scorer.
+
+From the last feature map F (C×H×W) of every image take M L2-normalised vectors ("scales"):
+
+- the ``grid``×``grid`` adaptive-average-pooled cells (``torch.nn.functional.adaptive_avg_pool2d``, so any
+  map size works; the cells overlap when H or W is not a multiple of ``grid``). grid = 2 is the paper's 2×2
+  quadrants. With grid = 1 the single cell *is* the global average, so it is not added twice;
+- the global average (the usual penultimate feature h);
+- with ``centre`` on, the average of the central ⌈H/2⌉×⌈W/2⌉ window, starting at row ⌊(H − ⌈H/2⌉)/2⌋ and
+  column ⌊(W − ⌈W/2⌉)/2⌋ (our generalisation of the paper's centre region: the central 2×2 of a 4×4 map;
+  a 7×7 map gets rows/cols 1..4).
+
+One exact kNN bank (faiss ``IndexFlatL2``; ``GpuIndexFlatL2`` when faiss has GPU support and CUDA is up) holds
+all M vectors of every fit (training) image. For a test image, d_m is the squared L2 distance of its scale-m
+vector to the k-th nearest bank entry (any scale), and S = max_m(−d_m) (``aggregator: max``, the paper) or
+mean_m(−d_m) (``aggregator: mean``). k (default 10) is clamped to the bank size.
+
+With grid = 1 and centre off the only scale is the normalised global average, so CSD equals Deep-KNN with
+squared distances (same ranking as KNN's −distance).
+"""
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+
+from methods import register
+from methods.base import Method, Outputs, Scorer
+
+DEFAULT_K = 10
+AGGREGATORS = ("max", "mean")
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not (isinstance(value, Integral) or (isinstance(value, float) and value.is_integer())):
+        raise ValueError(f"csd: {name} must be an integer, got {value!r}")
+    if int(value) < low:
+        raise ValueError(f"csd: {name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _as_bool(name: str, value) -> bool:
+    if isinstance(value, str):
+        if value.lower() in ("true", "on", "yes", "1"):
+            return True
+        if value.lower() in ("false", "off", "no", "0"):
+            return False
+        raise ValueError(f"csd: {name} must be on/off, got {value!r}")
+    return bool(value)
+
+
+def centre_window(h: int, w: int) -> tuple[slice, slice]:
+    """The central ⌈H/2⌉×⌈W/2⌉ window of an H×W map."""
+    ch, cw = -(-h // 2), -(-w // 2)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return slice(top, top + ch), slice(left, left + cw)
+
+
+def scale_vectors(fmap, grid: int = 2, centre: bool = True):
+    """(N, M, C) pooled vectors (un-normalised) of an (N, C, H, W) map: grid cells, global, centre.
+
+    Works on numpy arrays (returns float32 numpy) and on torch tensors (returns a tensor, differentiable).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    is_numpy = not isinstance(fmap, torch.Tensor)
+    t = torch.as_tensor(np.asarray(fmap, dtype=np.float32)) if is_numpy else fmap
+    if t.dim() != 4:
+        raise ValueError(f"csd: expected a feature map (N, C, H, W), got shape {tuple(t.shape)}")
+    n, c, h, w = t.shape
+    parts = []
+    if grid > 1:
+        parts.append(F.adaptive_avg_pool2d(t, grid).reshape(n, c, grid * grid).transpose(1, 2))
+    parts.append(t.mean(dim=(2, 3))[:, None, :])
+    if centre:
+        rows, cols = centre_window(h, w)
+        parts.append(t[:, :, rows, cols].mean(dim=(2, 3))[:, None, :])
+    out = torch.cat(parts, dim=1)
+    return out.numpy() if is_numpy else out
+
+
+def num_scales(grid: int, centre: bool) -> int:
+    return (grid * grid if grid > 1 else 0) + 1 + int(centre)
+
+
+def l2_normalise(v: np.ndarray) -> np.ndarray:
+    """Last-axis L2 normalisation (+1e-10), float32 C-contiguous (what faiss wants)."""
+    v = np.asarray(v, dtype=np.float64)
+    v = v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-10)
+    return np.ascontiguousarray(v, dtype=np.float32)
+
+
+def _faiss_gpu(faiss) -> bool:
+    if not hasattr(faiss, "StandardGpuResources"):
+        return False
+    try:
+        import torch
+
+        return torch.cuda.is_available() and faiss.get_num_gpus() > 0
+    except Exception:  # noqa: BLE001 - any failure: stay on the CPU
+        return False
+
+
+class CSDScorer(Scorer):
+    """Cross-scale decision on the last feature map; ``fit`` on training outputs, ``score`` on any split.
+
+    Plain Python: ``CSDScorer(k=10).fit(Outputs(..., fmap=train_maps)).score(Outputs(..., fmap=test_maps))``,
+    or :meth:`fit_maps` / :meth:`score_maps` directly on (N, C, H, W) arrays.
+    """
+
+    needs = frozenset({"fmap"})
+    needs_fit = True
+
+    def __init__(self, k: int = DEFAULT_K, grid: int = 2, centre=True, aggregator: str = "max",
+                 use_gpu: bool | None = None):
+        self.k = _check_int("k", k, 1)
+        self.grid = _check_int("grid", grid, 1)
+        self.centre = _as_bool("centre", centre)
+        if aggregator not in AGGREGATORS:
+            raise ValueError(f"csd: aggregator must be one of {AGGREGATORS}, got {aggregator!r}")
+        self.aggregator = aggregator
+        self.use_gpu = use_gpu
+        self.bank_: np.ndarray | None = None
+        self._index = None
+        self._gpu_resources = None
+
+    def __getstate__(self):  # faiss indexes do not pickle; rebuilt from the bank on first use
+        state = dict(self.__dict__)
+        state["_index"] = state["_gpu_resources"] = None
+        return state
+
+    def vectors(self, fmap) -> np.ndarray:
+        """(N, M, C) L2-normalised scale vectors."""
+        return l2_normalise(scale_vectors(fmap, self.grid, self.centre))
+
+    def fit_maps(self, fmap) -> "CSDScorer":
+        v = self.vectors(fmap)
+        if v.shape[0] == 0:
+            raise ValueError("csd needs at least one fit feature map")
+        self.bank_ = np.ascontiguousarray(v.reshape(-1, v.shape[-1]))
+        self._index = None
+        return self
+
+    def fit(self, train: Outputs, model=None, **extra) -> "CSDScorer":
+        if train is None or train.fmap is None:
+            raise ValueError("csd needs the training feature maps (Outputs.fmap) to build its bank")
+        return self.fit_maps(train.fmap)
+
+    def index(self):
+        if self.bank_ is None:
+            raise RuntimeError("CSDScorer used before fit")
+        if self._index is None:
+            import faiss
+
+            dim = self.bank_.shape[1]
+            gpu = _faiss_gpu(faiss) if self.use_gpu is None else self.use_gpu
+            if gpu:
+                self._gpu_resources = faiss.StandardGpuResources()
+                self._index = faiss.GpuIndexFlatL2(self._gpu_resources, dim)
+            else:
+                self._index = faiss.IndexFlatL2(dim)
+            self._index.add(self.bank_)
+        return self._index
+
+    def distances(self, fmap) -> np.ndarray:
+        """(N, M) squared distance of each scale vector to its k-th nearest bank entry."""
+        v = self.vectors(fmap)
+        n, m, c = v.shape
+        k = min(self.k, len(self.bank_))
+        squared, _ = self.index().search(np.ascontiguousarray(v.reshape(-1, c)), k)
+        return np.maximum(squared[:, k - 1].astype(np.float64), 0.0).reshape(n, m)
+
+    def score_maps(self, fmap) -> np.ndarray:
+        neg = -self.distances(fmap)
+        return neg.max(axis=1) if self.aggregator == "max" else neg.mean(axis=1)
+
+    def score(self, outputs: Outputs) -> np.ndarray:
+        if outputs.fmap is None:
+            raise ValueError("csd scores feature maps; the outputs carry none (scorer.needs must include 'fmap')")
+        return self.score_maps(outputs.fmap)
+
+
+def csd_from_params(params: dict) -> CSDScorer:
+    return CSDScorer(params.get("k", DEFAULT_K), params.get("grid", 2), params.get("centre", True),
+                     params.get("aggregator", "max"))
+
+
+@register("csd")
+class CSD(Method):
+    paper = "MODE: Multi-scale OOD DEtection (cross-scale decision), IEEE TIP 2023"
+
+    def scorer(self, params):
+        return csd_from_params(params)
