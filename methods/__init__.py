@@ -6,8 +6,10 @@ A method module defines a subclass of :class:`methods.base.Method` decorated wit
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
+from pathlib import Path
 
 _REGISTRY: dict[str, type] = {}
 _DISCOVERED = False
@@ -49,3 +51,28 @@ def get(name: str):
         return _REGISTRY[name]()
     except KeyError:
         raise KeyError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def catalog() -> list[dict[str, str]]:
+    """name, module, paper, substitute and kind (post-hoc / trains / fine-tunes) of every method, read from the
+    modules' source without importing them — so ``python -m orchestrator list`` starts without torch."""
+    rows = []
+    for path in sorted(Path(__path__[0]).glob("*.py")):
+        if path.stem.startswith("_") or path.stem in ("base", "common"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            names = [d.args[0].value for d in node.decorator_list if isinstance(d, ast.Call)
+                     and getattr(d.func, "id", getattr(d.func, "attr", None)) == "register"
+                     and d.args and isinstance(d.args[0], ast.Constant)]
+            if not names:
+                continue
+            attrs = {t.id: stmt.value for stmt in node.body if isinstance(stmt, ast.Assign)
+                     for t in stmt.targets if isinstance(t, ast.Name)}
+            const = lambda key: attrs[key].value if isinstance(attrs.get(key), ast.Constant) else None  # noqa: E731
+            defs = {stmt.name for stmt in node.body if isinstance(stmt, ast.FunctionDef)}
+            kind = "fine-tunes" if const("finetunes") else "trains" if "trainer_class" in defs else "post-hoc"
+            rows.append({"name": names[0], "module": path.stem, "paper": const("paper") or "",
+                         "substitute": const("substitute") or "", "kind": kind})
+    return sorted(rows, key=lambda r: r["name"])

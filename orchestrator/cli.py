@@ -56,12 +56,13 @@ def _sweep_parser(sub) -> None:
 
 def _cmd_sweep(args) -> int:
     from orchestrator import sweep
+    from orchestrator.errors import UsageError
 
     if args.resume:
         prep = sweep.prepare_resume(args.resume, args.storage_path, quiet=args.quiet or None,
                                     address=args.address, cache_dir=args.cache_dir)
         if prep.opts.method != args.method:
-            raise sweep.UsageError(f"sweep {prep.name} ran method {prep.opts.method!r}, not {args.method!r}")
+            raise UsageError(f"sweep {prep.name} ran method {prep.opts.method!r}, not {args.method!r}")
         result = sweep.run(prep)
         sweep.print_summary(result, prep.space.metric)
         return 0 if result.best_matrix is not None else 1
@@ -86,11 +87,9 @@ def _cmd_list(args) -> int:
     from orchestrator import benchmarks, search_space
 
     print("Methods (python -m orchestrator sweep <method>):")
-    for name in methods.available():
-        m = methods.get(name)
-        kind = "trains" if m.trains() else "post-hoc"
-        sub = f" [substitute: {m.substitute}]" if m.substitute else ""
-        print(f"  {name:<12} {kind:<9} {m.paper}{sub}")
+    for m in methods.catalog():
+        sub = f" [substitute: {m['substitute']}]" if m["substitute"] else ""
+        print(f"  {m['name']:<12} {m['kind']:<10} {m['paper']}{sub}")
     print("\nBenchmarks (--benchmark):")
     for name, desc in benchmarks.available().items():
         print(f"  {name:<14} {desc}")
@@ -125,7 +124,7 @@ def _cmd_ui(args) -> int:
     import os
     import subprocess
 
-    from orchestrator.sweep import UsageError
+    from orchestrator.errors import UsageError
     from orchestrator.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -141,7 +140,7 @@ def _cmd_ui(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from orchestrator.sweep import UsageError
+    from orchestrator.errors import UsageError
 
     try:
         return {"sweep": _cmd_sweep, "list": _cmd_list, "ui": _cmd_ui}[args.command](args)

@@ -17,14 +17,11 @@ from typing import Any
 
 import methods
 from orchestrator import benchmarks, search_space
+from orchestrator.errors import UsageError
 from orchestrator.metrics import CONVENTIONS, OODMatrix
 
 SMOKE_BUDGET = {"num_samples": 2, "max_concurrent": 2, "epochs": 1}
 STATE_FILE = "oodsweep_sweep.json"
-
-
-class UsageError(ValueError):
-    """Bad input from the user: printed as one line, exit code 2."""
 
 
 @dataclass

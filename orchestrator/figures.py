@@ -1,0 +1,301 @@
+"""Figures logged as MLflow artifacts (matplotlib, Agg backend; each renders in well under a second).
+
+Per trial (:func:`log_trial_figures`): ``ood_matrix_heatmap.png``, the OOD metric matrix as a heatmap.
+
+Per sweep, on the parent run (:func:`log_sweep_figures`), under ``figures/``:
+
+- ``best_ood_matrix_heatmap.png`` — the best trial's matrix;
+- ``best_score_histograms.png`` and ``best_roc_curves.png`` — ID-test vs each OOD test set, from the best
+  configuration's scores recomputed on the driver (the model cache makes that a load plus a scorer call);
+- ``optuna_history.png``, ``optuna_parallel_coordinate.png``, ``optuna_param_importances.png`` — Optuna's own
+  plots of a study rebuilt from the child runs (params + final validation metric). A plot that cannot be drawn
+  (one trial, no searched knob) is skipped; ``figures/notes.txt`` says why.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import matplotlib
+
+if "matplotlib.pyplot" not in sys.modules:  # never switch the backend under someone's interactive session
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from orchestrator.metrics import COLUMN_TITLES, COLUMNS, OODMatrix  # noqa: E402
+
+DPI = 100
+
+
+def _plain_style(fn):
+    """Draw with matplotlib's default style whatever the global rcParams are (Optuna's plots switch to ggplot)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plt.style.context("default"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _log(client, run_id: str, fig, name: str) -> None:
+    try:
+        client.log_figure(run_id, fig, name)
+    finally:
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------- OOD metric matrix
+@_plain_style
+def heatmap_figure(matrix: OODMatrix, title: str | None = None):
+    """Rows = OOD datasets then the near/far means; columns = AUROC, AUPR-In, AUPR-Out, FPR@95 (%).
+
+    Colour = how good a cell is (green good): FPR@95 is coloured by 1 − value, so that every column reads alike.
+    """
+    recs = matrix.to_records()
+    values = np.array([[r[c] for c in COLUMNS] for r in recs], dtype=float)
+    good = values.copy()
+    fpr = COLUMNS.index("fpr95")
+    good[:, fpr] = 1.0 - good[:, fpr]
+    fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(recs) + 1.4), dpi=DPI)
+    ax.imshow(good, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, f"{100 * values[i, j]:.1f}", ha="center", va="center", fontsize=9,
+                    color="black" if 0.25 < good[i, j] < 0.85 else "white")
+    ax.set_xticks(range(len(COLUMNS)),
+                  [COLUMN_TITLES[c] + ("\n(" + matrix.convention + ", ↓)" if c == "fpr95" else "\n(↑)") for c in COLUMNS],
+                  fontsize=9)
+    ax.set_yticks(range(len(recs)),
+                  [r["ood_dataset"] if r["ood_dataset"].endswith("(mean)") else f"{r['group']}: {r['ood_dataset']}"
+                   for r in recs], fontsize=9)
+    means = [i for i, r in enumerate(recs) if r["ood_dataset"].endswith("(mean)")]
+    if means:
+        ax.axhline(means[0] - 0.5, color="black", linewidth=1.5)
+    acc = f"; ID acc {100 * matrix.id_acc:.1f}%" if matrix.id_acc is not None else ""
+    ax.set_title(title or f"OOD metric matrix (%){acc}", fontsize=10)
+    ax.tick_params(length=0)
+    fig.tight_layout()
+    return fig
+
+
+def log_trial_figures(client, run_id: str, matrix: OODMatrix) -> None:
+    """Log ``ood_matrix_heatmap.png`` to a trial's run (call next to the matrix CSV/JSON artifacts)."""
+    _log(client, run_id, heatmap_figure(matrix), "ood_matrix_heatmap.png")
+
+
+# ---------------------------------------------------------------- the best trial's scores
+def best_scores(prep, config: dict[str, Any]) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
+    """ID-test scores and {ood set: (group, scores)} of ``config``, recomputed on the driver.
+
+    The network comes from the model cache (trained here only when this machine cannot see the cache the
+    trials wrote to); outputs come from the cache too, so this is a scorer fit plus a scorer call.
+    """
+    import functools
+
+    import torch
+
+    import methods
+    from orchestrator.cache import ModelCache
+    from orchestrator.evaluation import OutputStore, fit_scorer, score_split
+    from orchestrator.trainable import TrialSettings, _seed, obtain_model
+    from orchestrator.training import pick_device
+
+    opts, bench = prep.opts, prep.bench
+    method = methods.get(opts.method)
+    settings = TrialSettings(method=method.name, seed=opts.seed, cache_dir=opts.cache_dir,
+                             convention=opts.convention, threads=torch.get_num_threads(),
+                             data_fingerprint=bench.fingerprint())
+    _seed(settings)
+    params = {**bench.recipe, **config}
+    device = pick_device()
+    cache = ModelCache(opts.cache_dir)
+    model, key, _ = obtain_model(method, params, bench, settings, device, cache)
+    store = OutputStore(model.eval(), bench, device, persist=functools.partial(cache.outputs, key))
+    scorer = fit_scorer(method.scorer(params), store)
+    s_id = score_split(scorer, store, "id_test")
+    ood = {name: (group, score_split(scorer, store, f"{group}/{name}"))
+           for group, sets in (("near", bench.near), ("far", bench.far)) for name in sets}
+    return s_id, ood
+
+
+@_plain_style
+def histogram_figure(s_id: np.ndarray, ood: dict[str, tuple[str, np.ndarray]], title: str = ""):
+    """One panel per OOD set: ID-test vs that set's score histograms (shared bins), AUROC in the panel title."""
+    from orchestrator.metrics import ood_metrics
+
+    n = len(ood)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows + 0.4), dpi=DPI, squeeze=False)
+    for ax, (name, (group, s)) in zip(axes.flat, ood.items()):
+        both = np.r_[s_id, s]
+        lo, hi = float(both.min()), float(both.max())
+        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 31)
+        ax.hist(s_id, bins=bins, alpha=0.55, density=True, label="ID (test)", color="tab:blue")
+        ax.hist(s, bins=bins, alpha=0.55, density=True, label=name, color="tab:red" if group == "near" else "tab:orange")
+        auroc = ood_metrics(s_id, s)["auroc"]
+        ax.set_title(f"{group}: {name} (AUROC {100 * auroc:.1f}%)", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.supxlabel("score (higher = more in-distribution)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+@_plain_style
+def roc_figure(s_id: np.ndarray, ood: dict[str, tuple[str, np.ndarray]], title: str = ""):
+    """ROC curves (ID positive: TPR = ID accepted, FPR = OOD accepted), one per OOD set; the 95% TPR line."""
+    from sklearn.metrics import auc, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=DPI)
+    for name, (group, s) in ood.items():
+        fpr, tpr, _ = roc_curve(np.r_[np.ones(len(s_id)), np.zeros(len(s))], np.r_[s_id, s])
+        ax.plot(fpr, tpr, linestyle="-" if group == "near" else "--", label=f"{group}: {name} ({100 * auc(fpr, tpr):.1f})")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+    ax.axhline(0.95, color="grey", linewidth=0.8)
+    ax.set_xlabel("FPR (OOD accepted)", fontsize=9)
+    ax.set_ylabel("TPR (ID accepted)", fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(fontsize=8, title="OOD set (AUROC %)", title_fontsize=8, loc="lower right")
+    ax.set_title(title or "ROC curves, best configuration (test)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- Optuna plots
+def _distribution(knob):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if knob.type == "categorical":
+        return CategoricalDistribution(knob.choices)
+    if knob.type == "int":
+        return IntDistribution(int(knob.low), int(knob.high), log=knob.log, step=int(knob.step or 1))
+    return FloatDistribution(float(knob.low), float(knob.high), log=knob.log, step=knob.step)
+
+
+def _inside(dist, value) -> bool:
+    """Whether ``value`` belongs to ``dist`` (a search space edited since the sweep ran may exclude it)."""
+    if hasattr(dist, "choices"):
+        return value in dist.choices
+    try:
+        return dist.low <= value <= dist.high
+    except TypeError:
+        return False
+
+
+def study_from_runs(client, parent_run_id: str, space, fixed: dict[str, Any] | None = None):
+    """An Optuna study of the sweep's finished trials (child runs; seed repeats excluded), in start order.
+
+    Value = the trial's final ``space.metric`` (the first objective of a multi-objective sweep).
+    """
+    import optuna
+
+    from orchestrator.seeds import SEED_REPEAT_TAG, typed_config
+    from orchestrator.tracking import TRIAL_TAG
+
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              max_results=5000)
+    runs = sorted((r for r in runs if TRIAL_TAG in r.data.tags and r.data.tags.get(SEED_REPEAT_TAG) != "true"
+                   and r.info.status == "FINISHED" and space.metric in r.data.metrics),
+                  key=lambda r: r.info.start_time)
+    dists = {k.name: _distribution(k) for k in space.knobs}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
+    try:
+        study = optuna.create_study(direction="maximize" if space.mode == "max" else "minimize",
+                                    study_name=parent.data.tags.get("oodsweep.sweep", parent_run_id))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for r in runs:
+        config = typed_config(space, fixed or {}, r.data.params)
+        params = {k: config[k] for k in dists if k in config and _inside(dists[k], config[k])}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                  value=float(r.data.metrics[space.metric]),
+                                                  user_attrs={"trial_id": r.data.tags[TRIAL_TAG]}))
+    return study
+
+
+def log_optuna_figures(client, run_id: str, study, metric: str) -> list[str]:
+    """History, parallel coordinates and importances of ``study``; returns notes for the plots skipped."""
+    import optuna
+    import optuna.visualization.matplotlib as ovm
+
+    notes = []
+    n = len(study.trials)
+    searched = sorted({k for t in study.trials for k in t.params})
+    # rc_context: Optuna's plots call plt.style.use("ggplot"), which would otherwise leak into every later figure
+    with warnings.catch_warnings(), plt.rc_context():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)  # e.g. identical axis limits when every trial has one value
+        if n == 0:
+            return ["no finished trial with the validation metric: no Optuna plots"]
+        ax = ovm.plot_optimization_history(study, target_name=metric)
+        _log(client, run_id, _fit(ax.figure), "figures/optuna_history.png")
+        if searched:
+            ax = ovm.plot_parallel_coordinate(study, target_name=metric)
+            _log(client, run_id, _fit(ax.figure), "figures/optuna_parallel_coordinate.png")
+        else:
+            notes.append("parallel coordinates skipped: the search space has no searched knob")
+        if n < 2 or not searched:
+            notes.append(f"hyperparameter importances skipped: need at least 2 finished trials and a searched knob "
+                         f"(have {n} trial(s), {len(searched)} knob(s))")
+        else:
+            try:
+                ax = ovm.plot_param_importances(study, target_name=metric)
+                _log(client, run_id, _fit(ax.figure), "figures/optuna_param_importances.png")
+            except Exception as exc:  # noqa: BLE001 - e.g. every trial has the same value
+                plt.close("all")
+                notes.append(f"hyperparameter importances skipped: {type(exc).__name__}: {exc}")
+    return notes
+
+
+def _fit(fig):
+    fig.set_dpi(DPI)
+    fig.set_size_inches(7.0, 4.4)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- the sweep
+def log_sweep_figures(prep, result, client=None) -> list[str]:
+    """Log the sweep's figures to its parent run (see the module doc); returns notes on what was skipped.
+
+    Never raises for a figure: a failure becomes a note (a sweep's results matter more than its pictures).
+    """
+    from orchestrator import tracking
+
+    client = client or tracking.client_for(result.tracking_uri)
+    run_id = result.parent_run_id
+    notes: list[str] = []
+    if result.best_matrix is not None:
+        try:
+            _log(client, run_id, heatmap_figure(result.best_matrix, "Best trial: OOD metric matrix (%)"),
+                 "figures/best_ood_matrix_heatmap.png")
+            s_id, ood = best_scores(prep, result.best_config)
+            label = f"{prep.opts.method} on {prep.bench.name}, best configuration (test sets)"
+            _log(client, run_id, histogram_figure(s_id, ood, label), "figures/best_score_histograms.png")
+            _log(client, run_id, roc_figure(s_id, ood, f"ROC: {label}"), "figures/best_roc_curves.png")
+        except Exception as exc:  # noqa: BLE001
+            plt.close("all")
+            notes.append(f"best-trial figures failed: {type(exc).__name__}: {exc}")
+    else:
+        notes.append("no finished trial: no best-trial figures")
+    try:
+        study = study_from_runs(client, run_id, prep.space, prep.fixed)
+        notes += log_optuna_figures(client, run_id, study, prep.space.metric)
+    except Exception as exc:  # noqa: BLE001
+        plt.close("all")
+        notes.append(f"Optuna figures failed: {type(exc).__name__}: {exc}")
+    if notes:
+        client.log_text(run_id, "\n".join(notes) + "\n", "figures/notes.txt")
+    return notes
