@@ -104,12 +104,22 @@ def register_benchmark(name: str, description: str):
     return wrap
 
 
+def is_custom(name: str) -> bool:
+    return str(name).lower().endswith((".yaml", ".yml"))
+
+
 def available() -> dict[str, str]:
     """Benchmark names → one-line descriptions."""
     return dict(sorted(_DESCRIPTIONS.items()))
 
 
 def load(name: str, data_root: str | None = None, smoke: bool = False) -> Benchmark:
+    """A registered benchmark by name, or a custom benchmark YAML file (docs/custom_benchmark.md)."""
+    if is_custom(name):
+        from orchestrator.benchmarks_custom import load_custom
+
+        bench = load_custom(name, data_root)
+        return bench.shrink() if smoke else bench
     try:
         loader = _BENCHMARKS[name]
     except KeyError:
@@ -282,3 +292,6 @@ def _fashion(data_root: str | None = None) -> Benchmark:
         recipe={"backbone": "small_cnn", "epochs": 3, "batch_size": 128, "lr": 0.05, "momentum": 0.9,
                 "weight_decay": 5e-4, "nesterov": True},
     )
+
+
+from orchestrator import benchmarks_openood  # noqa: E402,F401  (registers cifar10, cifar100)

@@ -64,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.benchmarks import DATA_SEED, Benchmark, DataUnavailable, Split, _stratified_split
+from orchestrator.benchmarks import DATA_SEED, Benchmark, DataUnavailable, Split, _stratified_split, is_custom  # noqa: F401
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 TOP_KEYS = {"name", "image_size", "channels", "resize", "seed", "num_classes", "id", "ood_val", "near", "far", "recipe"}
@@ -84,11 +84,6 @@ DEFAULT_RECIPES = {
 
 class CustomBenchmarkError(DataUnavailable, ValueError):
     """A malformed custom-benchmark YAML; the message names the file and the entry."""
-
-
-def is_custom(name: str) -> bool:
-    """Whether ``--benchmark`` names a custom-benchmark YAML file rather than a registered benchmark."""
-    return str(name).lower().endswith((".yaml", ".yml"))
 
 
 @dataclass
@@ -459,7 +454,8 @@ def load_custom(path: str | os.PathLike, data_root: str | None = None) -> Benchm
         raise ld.err("id", "required: a mapping with train (and optionally val, test, split, classes)")
     unknown = set(id_cfg) - ID_KEYS
     if unknown:
-        raise ld.err("id", f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(sorted(ID_KEYS))}")
+        raise ld.err("id", f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                           f"allowed: {', '.join(sorted(ID_KEYS))}")
     if ("train" in id_cfg) == ("source" in id_cfg):
         raise ld.err("id", "give exactly one of train or source (its alias)")
     train_key = "train" if "train" in id_cfg else "source"

@@ -14,7 +14,8 @@ def _sweep_parser(sub) -> None:
                        description="Run an Optuna (seeded TPE) search over search_spaces/<METHOD>.yaml; every trial "
                                    "is a Ray Tune trainable, every result an MLflow child run.")
     p.add_argument("method", help="method name (see `list`)")
-    p.add_argument("--benchmark", default="digits", help="benchmark name (default: digits, needs no download)")
+    p.add_argument("--benchmark", default="digits", help="benchmark name (default: digits, needs no download), or a custom benchmark YAML "
+                        "(docs/custom_benchmark.md)")
     p.add_argument("--num-samples", type=int, help="number of trials (default: the YAML's budget)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the YAML's budget)")
     p.add_argument("--epochs", type=int, help="override the training epochs")

@@ -100,7 +100,9 @@ def prepare(opts: SweepOptions) -> Prepared:
         method = methods.get(opts.method)
     except KeyError as exc:
         raise UsageError(exc.args[0]) from None
-    if opts.benchmark not in benchmarks.available():
+    if benchmarks.is_custom(opts.benchmark):
+        opts.benchmark = str(Path(opts.benchmark).resolve())  # so --resume works from another folder
+    elif opts.benchmark not in benchmarks.available():
         raise UsageError(f"unknown benchmark {opts.benchmark!r}; known benchmarks: {', '.join(benchmarks.available())}")
     if opts.convention not in CONVENTIONS:
         raise UsageError(f"unknown FPR@95 convention {opts.convention!r}; choose one of {', '.join(CONVENTIONS)}")
@@ -138,7 +140,8 @@ def prepare(opts: SweepOptions) -> Prepared:
         if "epochs" in searched:
             raise UsageError(f"{space.path} searches 'epochs'; drop --epochs or fix it in the YAML")
         fixed["epochs"] = epochs
-    name = opts.name or f"{method.name}-{opts.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    label = Path(opts.benchmark).stem if benchmarks.is_custom(opts.benchmark) else opts.benchmark
+    name = opts.name or f"{method.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise UsageError(f"--name may hold letters, digits, '-', '_' and '.' only, got {name!r}")
     uri = tracking.resolve_tracking_uri(opts.tracking_uri)
