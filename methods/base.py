@@ -57,6 +57,15 @@ class Scorer:
     def score_inputs(self, model: Any, x: Any) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} scores from cached outputs, not inputs")
 
+    # Work that every trial of a post-hoc sweep would otherwise repeat (KNN's neighbour table, say). The sweep's
+    # preparation task calls sweep_work once on a fitted scorer with the shared classifier's OutputStore; each
+    # trial's fitted scorer receives the result through adopt(). Both are optional.
+    def sweep_work(self, store: Any) -> Any:
+        return None
+
+    def adopt(self, work: Any) -> None:
+        pass
+
 
 @dataclass
 class Knobs:

@@ -137,4 +137,4 @@ def build_classifier(backbone: str, in_channels: int, image_size: int, num_class
         head_module = ZScoreHead(encoder.out_dim, num_classes, sigma)
     else:
         raise ValueError(f"unknown head {head!r}; choose linear or zscore")
-    return Classifier(encoder, num_classes, mean, std, head_module)
+    return Classifier(encoder, num_classes, mean, std, head_module).to(memory_format=torch.channels_last)

@@ -16,20 +16,23 @@ from orchestrator.benchmarks import Benchmark, Split
 from orchestrator.metrics import OODMatrix, ood_matrix, ood_metrics
 from orchestrator.training import to_float
 
-EVAL_BATCH = 512
+#: Images per forward pass when extracting: small batches stay in the CPU caches (measured fastest on 2 cores);
+#: a GPU wants large ones.
+EVAL_BATCH = {"cpu": 128, "cuda": 1024}
 
 
 @torch.no_grad()
-def extract(model, split: Split, device, with_fmap: bool = False, batch_size: int = EVAL_BATCH) -> Outputs:
+def extract(model, split: Split, device, with_fmap: bool = False, batch_size: int | None = None) -> Outputs:
     """Logits, penultimate features (and the last feature map) of every image of ``split``."""
     model.eval()
+    batch_size = batch_size or EVAL_BATCH.get(torch.device(device).type, 256)
     logits, feats, fmaps = [], [], []
     for start in range(0, len(split), batch_size):
         z, h, fmap = model.forward_all(to_float(split.x[start:start + batch_size], device))
         logits.append(z.float().cpu().numpy())
         feats.append(h.float().cpu().numpy())
         if with_fmap:
-            fmaps.append(fmap.float().cpu().numpy())
+            fmaps.append(fmap.float().contiguous().cpu().numpy())
     return Outputs(np.concatenate(logits), np.concatenate(feats), split.y,
                    np.concatenate(fmaps) if with_fmap else None)
 

@@ -7,6 +7,7 @@ which is what ``--resume`` reads to continue it after the driver died.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -331,9 +332,11 @@ def _prewarm(method, space, fixed, bench, settings, resources, opts):
     if method.trains() or any(k.name in RECIPE_KNOBS or k.name in method.training_knobs for k in space.knobs):
         return None
     _say(opts, "Preparing the shared classifier and its outputs (trained once, cached by config hash)...")
-    task = ray.remote(shared_outputs).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"],
-                                               max_retries=opts.max_failures)
-    ref = task.remote(dict(fixed), bench, settings)
+    # Nothing else runs yet: give the preparation every CPU of the largest node.
+    node_cpus = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
+    cpus = max(resources["cpu"], node_cpus)
+    task = ray.remote(shared_outputs).options(num_cpus=cpus, num_gpus=resources["gpu"], max_retries=opts.max_failures)
+    ref = task.remote(dict(fixed), bench, dataclasses.replace(settings, threads=max(1, int(cpus))))
     ray.get(ref)  # surface a failure here, before any trial starts
     return ref
 

@@ -138,7 +138,9 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
     scorer = method.scorer(params)
     with_fmap = "fmap" in scorer.needs
     store = OutputStore(model.eval(), bench, device, persist=functools.partial(cache.outputs, key))
-    return {"key": key, "outputs": {(name, with_fmap): store.get(name, with_fmap) for name in bench.splits()}}
+    outputs = {(name, with_fmap): store.get(name, with_fmap) for name in bench.splits()}
+    work = fit_scorer(scorer, store).sweep_work(store) if not scorer.needs_input else None
+    return {"key": key, "outputs": outputs, "work": work}
 
 
 def _seed(settings: TrialSettings) -> None:
@@ -168,6 +170,8 @@ def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
         persist = lambda name, fmap, compute: known.get((name, fmap)) or cache.outputs(key, name, fmap, compute)  # noqa: E731
     store = OutputStore(model, bench, device, persist=persist)
     scorer = fit_scorer(method.scorer(params), store)
+    if shared and shared.get("key") == key and shared.get("work") is not None:
+        scorer.adopt(shared["work"])
     result = validate(scorer, store, settings.convention)
     matrix = test_matrix(scorer, store, settings.convention)
     result.update(matrix.flat())

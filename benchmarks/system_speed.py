@@ -1,0 +1,254 @@
+"""Speed of the whole system, measured in one run and printed as ratios (issue: paper-scale benchmarks & speed).
+
+    python benchmarks/system_speed.py [--only overhead,parallel,eval,knn,cli] [--trial-seconds 30]
+
+1. overhead  — N trials through Ray Tune + Optuna + MLflow vs the same trials in a plain Python loop
+               (goal: overhead < 10 % of trial time for trials of >= 30 s).
+2. parallel  — 2 concurrent single-thread trials on 2 cores vs the same 2 one after the other (goal >= 1.7x).
+3. eval      — images/s of the evaluation path (OutputStore extraction) vs a bare torch.no_grad() forward loop
+               over the same data (goal >= 0.9).
+4. knn       — KNN scoring with faiss vs a NumPy brute-force reference at 50k bank x 10k queries (goal >= 5x).
+5. cli       — `python -m orchestrator --help` and `list` wall time (goal < 1 s; neither imports torch or ray).
+On a CUDA machine it also times one CIFAR-10-shaped ResNet-18 epoch and the evaluation pass on the GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sweep_opts(work: Path, **kw):
+    from orchestrator.sweep import SweepOptions
+
+    return SweepOptions(**{**dict(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", storage_path=str(work / "r"),
+                                  cache_dir=str(work / "cache"), dashboard=False, quiet=True), **kw})
+
+
+def _epochs_for(seconds: float) -> int:
+    """Epochs of an ascood trial on digits that take about ``seconds`` on this machine (one thread)."""
+    import torch
+
+    from orchestrator import benchmarks
+    from orchestrator.trainable import TrialSettings, run_trial
+
+    torch.set_num_threads(1)
+    bench = benchmarks.load("digits")
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        run_trial({"epochs": 2}, bench, TrialSettings("ascood", cache_dir=cache, threads=1))
+        per_epoch = (time.perf_counter() - t0) / 2
+    return max(1, round(seconds / per_epoch))
+
+
+def overhead(n: int, seconds: float) -> None:
+    import ray
+
+    from orchestrator import benchmarks, sweep
+    from orchestrator.search_space import load
+    from orchestrator.trainable import TrialSettings, run_trial
+
+    epochs = _epochs_for(seconds)
+    work = Path(tempfile.mkdtemp())
+    prep = sweep.prepare(_sweep_opts(work, method="ascood", num_samples=n, max_concurrent=1, epochs=epochs,
+                                     cpus_per_trial=1))
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    t0 = time.perf_counter()
+    res = sweep.run(prep)
+    t_sweep = time.perf_counter() - t0
+    ray.shutdown()
+    # the same configurations, in a plain loop, with a fresh cache (so each trains again)
+    import optuna  # noqa: F401 - configurations come from the sweep's own trials
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=prep.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("oodsweep").experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{res.parent_run_id}'")
+    space = load("ascood")
+    kinds = {k.name: k.type for k in space.knobs}
+    configs = []
+    for r in runs:
+        cfg = {}
+        for k, v in r.data.params.items():
+            cfg[k] = float(v) if kinds.get(k) == "float" else int(v) if k == "epochs" else v
+        configs.append(cfg)
+    bench = benchmarks.load("digits")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cache:
+        for cfg in configs:
+            run_trial(cfg, bench, TrialSettings("ascood", cache_dir=cache, threads=1))
+    t_loop = time.perf_counter() - t0
+    per_trial = t_loop / n
+    print(f"[overhead] {n} ascood trials of ~{per_trial:.1f} s ({epochs} epochs): sweep {t_sweep:.1f} s "
+          f"(Ray already up), plain loop {t_loop:.1f} s -> overhead {(t_sweep - t_loop) / t_loop:+.1%} of trial time "
+          f"(goal < 10% for trials >= 30 s)", flush=True)
+
+
+def parallel() -> None:
+    import ray
+
+    from orchestrator import sweep
+
+    work = Path(tempfile.mkdtemp())
+    epochs = _epochs_for(8)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    times = {}
+    for conc in (1, 2):
+        prep = sweep.prepare(_sweep_opts(work / str(conc), method="ascood", num_samples=4, max_concurrent=conc,
+                                         epochs=epochs, cpus_per_trial=1, seed=1))
+        t0 = time.perf_counter()
+        sweep.run(prep)
+        times[conc] = time.perf_counter() - t0
+    ray.shutdown()
+    print(f"[parallel] 4 ascood trials ({epochs} epochs, 1 thread each): sequential {times[1]:.1f} s, "
+          f"2 at once {times[2]:.1f} s -> throughput x{times[1] / times[2]:.2f} (goal >= 1.7)", flush=True)
+
+
+def evaluation(device: str = "cpu") -> None:
+    import torch
+
+    from orchestrator import benchmarks
+    from orchestrator.backbones import build_classifier
+    from orchestrator.evaluation import OutputStore
+
+    import dataclasses
+
+    bench = benchmarks.load("fashion-mnist")
+    x = bench.id_train.x[:20000]
+    model = build_classifier("small_cnn", 1, 28, 6, [0.28], [0.35]).to(device).eval()
+    split_bench = dataclasses.replace(bench, id_train=benchmarks.Split(x, bench.id_train.y[:20000]))
+
+    from orchestrator.evaluation import EVAL_BATCH
+    from orchestrator.training import to_float
+
+    batch = EVAL_BATCH.get(device, 256)
+
+    def bare(size, layout):  # what a user would write: the same model, a plain no_grad loop
+        with torch.no_grad():
+            for s in range(0, len(x), size):
+                model(layout(torch.from_numpy(x[s:s + size]).to(device).float().div_(255)))
+
+    same = lambda: bare(batch, lambda t: to_float(t, device))  # noqa: E731 - our batch size and layout
+    naive = lambda: bare(512, lambda t: t)  # noqa: E731 - batch 512, default (NCHW) input
+    ours = lambda: OutputStore(model, split_bench, device).get("id_train")  # noqa: E731
+
+    same(), naive(), ours()  # warm-up
+    t_same, t_naive, t_ours = (min(_timed(f) for _ in range(3)) for f in (same, naive, ours))
+    print(f"[eval] {len(x)} Fashion-MNIST images on {device}: evaluation path (logits + features + copy to numpy) "
+          f"{len(x) / t_ours:,.0f} img/s; bare no_grad forward loop at the same batch ({batch}) and layout "
+          f"{len(x) / t_same:,.0f} img/s -> ratio {t_same / t_ours:.2f} (goal >= 0.9); a naive loop (batch 512, "
+          f"NCHW input) {len(x) / t_naive:,.0f} img/s", flush=True)
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def knn(bank: int = 50_000, queries: int = 10_000, dim: int = 128, k: int = 50) -> None:
+    from methods.base import Outputs
+    from methods.knn import KnnScorer, l2_normalise
+
+    rng = np.random.default_rng(0)
+    train = rng.standard_normal((bank, dim)).astype(np.float32)
+    test = rng.standard_normal((queries, dim)).astype(np.float32)
+    out_train = Outputs(np.zeros((bank, 1), np.float32), train)
+    out_test = Outputs(np.zeros((queries, 1), np.float32), test)
+
+    def faiss_knn():
+        return KnnScorer(k).fit(out_train).score(out_test)
+
+    def numpy_knn():
+        b, q = l2_normalise(train), l2_normalise(test)
+        scores = np.empty(queries)
+        for s in range(0, queries, 1000):  # chunked: a full 10k x 50k distance matrix is 2 GB
+            d = (q[s:s + 1000] ** 2).sum(1, keepdims=True) - 2 * q[s:s + 1000] @ b.T + (b ** 2).sum(1)
+            scores[s:s + 1000] = -np.sqrt(np.maximum(np.partition(d, k - 1, axis=1)[:, k - 1], 0))
+        return scores
+
+    a, b = faiss_knn(), numpy_knn()
+    assert np.allclose(a, b, atol=1e-3), "faiss and the NumPy reference disagree"
+    t_f = min(_timed(faiss_knn) for _ in range(2))
+    t_n = min(_timed(numpy_knn) for _ in range(2))
+    print(f"[knn] {bank:,} bank x {queries:,} queries x {dim}-d, k={k}: faiss {t_f:.2f} s, NumPy brute force "
+          f"{t_n:.2f} s -> x{t_n / t_f:.1f} (goal >= 5)", flush=True)
+
+
+def cli() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for args in (["--help"], ["list"]):
+        best = min(_timed(lambda: subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env,
+                                                 capture_output=True, check=True)) for _ in range(3))
+        imported = subprocess.run([sys.executable, "-c", "import sys, runpy; sys.argv=['orchestrator', *%r];\n"
+                                   "try: runpy.run_module('orchestrator', run_name='__main__')\n"
+                                   "except SystemExit: pass\n"
+                                   "print('torch' in sys.modules, 'ray' in sys.modules, file=sys.stderr)" % (args,)],
+                                  env=env, capture_output=True, text=True).stderr.split()[-2:]
+        print(f"[cli] python -m orchestrator {' '.join(args)}: {best:.2f} s (goal < 1 s); "
+              f"imports torch: {imported[0]}, ray: {imported[1]}", flush=True)
+
+
+def gpu() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("[gpu] no CUDA device: skipped")
+        return
+    from orchestrator.backbones import build_classifier
+    from orchestrator.training import Trainer
+
+    model = build_classifier("resnet18", 3, 32, 10, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]).cuda()
+    x = np.random.default_rng(0).integers(0, 256, (50_000, 3, 32, 32), dtype=np.uint8)
+    y = np.random.default_rng(1).integers(0, 10, 50_000)
+    trainer = Trainer({"epochs": 1, "lr": 0.1, "batch_size": 128}, "cuda")
+    bench = type("B", (), {"id_train": type("S", (), {"__len__": lambda s: 50_000})()})()
+    trainer.setup(model, bench)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    trainer.train_epoch(model, x, y, 1)
+    torch.cuda.synchronize()
+    t_epoch = time.perf_counter() - t0
+    from orchestrator.evaluation import extract
+    from orchestrator.benchmarks import Split
+
+    t0 = time.perf_counter()
+    extract(model, Split(x[:10_000], y[:10_000]), "cuda")
+    torch.cuda.synchronize()
+    t_eval = time.perf_counter() - t0
+    print(f"[gpu] {torch.cuda.get_device_name()}: one CIFAR-10-shaped ResNet-18 epoch (50k images, batch 128, fp32) "
+          f"{t_epoch:.1f} s; evaluation of 10k images {t_eval:.2f} s ({10_000 / t_eval:,.0f} img/s)", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="cli,knn,eval,parallel,overhead,gpu")
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--trial-seconds", type=float, default=30.0)
+    args = ap.parse_args()
+    todo = args.only.split(",")
+    if "cli" in todo:
+        cli()
+    if "knn" in todo:
+        knn()
+    if "eval" in todo:
+        evaluation()
+    if "parallel" in todo:
+        parallel()
+    if "overhead" in todo:
+        overhead(args.trials, args.trial_seconds)
+    if "gpu" in todo:
+        gpu()
+
+
+if __name__ == "__main__":
+    main()
