@@ -12,7 +12,10 @@ features), ``variant``:
 * ``multiple``: the mean of the marginals of k training samples of k distinct classes;
 * ``without_dmr`` (ablation): the mean of the raw, uncentred features of k samples of k distinct classes;
 
-each result multiplied by the amplification s (3) with probability p (0.5). The rejection head
+each result multiplied by the amplification s (3) with probability p (0.5). ``anchor``: ``origin`` places the
+marginal as is (the literal m = h − μ_y); ``mean`` adds the global feature mean back, the analogue of decoding a
+latent offset around StyleGAN's average latent. Post-ReLU features are non-negative, so origin-anchored marginals
+(with negative entries) can be told from ID by sign alone; compare both with the knob. The rejection head
 (:func:`methods.outlier_synthesis.train_rejection_head`): feature → 2048 → 1, BCE (OOD = 1), each ID sample swapped
 for its synthetic counterpart with probability ood_prob = 0.5, SGD lr 0.01, wd 4e-4, momentum 0.8 nesterov,
 cosine, 10 epochs. Knobs: s, p, k, variant, hidden, head_epochs, head_lr, head_wd, ood_prob.
@@ -29,9 +32,10 @@ SUBSTITUTE = "feature-space marginal representations instead of StyleGAN-XL late
 
 
 class DMRScorer(RejectionScorer):
-    def __init__(self, variant: str = "single", s: float = 3.0, p: float = 0.5, k: int = 5, **head_kw):
+    def __init__(self, variant: str = "single", s: float = 3.0, p: float = 0.5, k: int = 5, anchor: str = "origin",
+                 **head_kw):
         super().__init__(**head_kw)
-        self.variant, self.s, self.p, self.k = variant, float(s), float(p), int(k)
+        self.variant, self.s, self.p, self.k, self.anchor = variant, float(s), float(p), int(k), anchor
         if not 0.0 <= self.p <= 1.0:
             raise ValueError(f"dmr p must be in [0, 1], got {p}")
 
@@ -39,7 +43,7 @@ class DMRScorer(RejectionScorer):
         if train is None or train.labels is None:
             raise ValueError("dmr needs labelled training outputs to fit")
         k = min(self.k, len(np.unique(train.labels)))
-        self.synth_ = DMRSynthesizer(train.features, train.labels, self.variant, self.s, self.p, k)
+        self.synth_ = DMRSynthesizer(train.features, train.labels, self.variant, self.s, self.p, k, self.anchor)
         return self.train_head(train.features, self.synth_)
 
 
@@ -50,4 +54,4 @@ class DMR(Method):
 
     def scorer(self, params):
         return DMRScorer(params.get("variant", "single"), params.get("s", 3.0), params.get("p", 0.5),
-                         params.get("k", 5), **head_knobs(params))
+                         params.get("k", 5), params.get("anchor", "origin"), **head_knobs(params))

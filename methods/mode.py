@@ -20,12 +20,13 @@ positives then over anchors, as SupCon) is minimised.
 s(a, a) is 2 exactly when self-attention reproduces every location's value direction (e.g. a spatially
 constant map); for a generic map A_aa v_a is a convex mix of locations, so s(a, a) ≤ 2.
 
-Memory: the pairwise tensors are (2B)²·L² (attention) and (2B)²·L·d (aligned values). They are computed in
-chunks of anchors sized so that one chunk's intermediates stay below ``alpa_chunk_mb`` (256 MiB); with more
+Memory: the pairwise tensors are (2B)²·L² (attention; the aligned values, (2B)²·L·d, are never materialised:
+cosines come from L×L Gram matrices, see :func:`_t_rows`). They are computed in chunks of anchors sized so that one chunk's intermediates stay below ``alpa_chunk_mb`` (256 MiB); with more
 than one chunk each chunk is gradient-checkpointed (recomputed in backward), so peak memory is one chunk plus
 the (2B)² similarity matrix. :func:`alpa_chunk_size` / :func:`alpa_chunk_bytes` give the analytic numbers.
 
-The projectors are training-only: they live in the trainer (saved in checkpoints via ``extra_state``), never in
+``finetune_batch_size`` (default: the recipe's batch_size) sets B for fine-tuning only, so a smaller ALPA batch
+does not retrain the base CE network. The projectors are training-only: they live in the trainer (saved in checkpoints via ``extra_state``), never in
 the cached Classifier. The fc head gets no gradient (neither loss reads logits), as in the paper: ID accuracy is
 that of the original head on the fine-tuned features. Scoring: CSD (``methods.csd``) by default, knob ``scorer``
 picks any post-hoc scorer.
@@ -46,9 +47,10 @@ from methods.csd import csd_from_params
 from orchestrator.training import Trainer
 
 VARIANTS = ("mode_f", "mode_t")
-#: Floats kept alive per (anchor, other) pair and location, in units of L² (attention logits, softmax, its
-#: grad) and of L·d (aligned values, their normalised copy, grads); used to size chunks.
-_ATT_COPIES, _VAL_COPIES = 3, 4
+#: L×L float tensors kept alive per (anchor, other) pair in forward + backward (attention logits/softmax, Gram
+#: matrices, products and their gradients, generously counted) and L·d ones (none: aligned values are never
+#: materialised, see :func:`_t_rows`); used to size chunks.
+_ATT_COPIES, _VAL_COPIES = 10, 0
 
 
 def projector(c: int, d: int) -> nn.Sequential:
@@ -80,12 +82,23 @@ def alpa_chunk_size(n: int, locations: int, inner_dim: int, budget_mb: float = 2
 
 
 def _t_rows(q_a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_a: torch.Tensor) -> torch.Tensor:
-    """t(a, b) for a chunk of anchors a against every b: (c, N)."""
-    d = q_a.shape[-1]
-    att = torch.einsum("ald,bmd->ablm", q_a, k).div_(math.sqrt(d)).softmax(dim=-1)  # (c, N, L, L)
-    aligned = torch.einsum("ablm,bmd->abld", att, v)  # (c, N, L, d)
-    cos = (F.normalize(aligned, dim=-1) * F.normalize(v_a, dim=-1)[:, None]).sum(-1)  # (c, N, L)
-    return cos.mean(-1)
+    """t(a, b) for a chunk of anchors a against every b: (c, N).
+
+    Computed through L×L Gram matrices instead of materialising the aligned values (c, N, L, d):
+    with A = A_ab, G[l, m] = v̂_a[l]·v_b[m] and K_b[m, m'] = v_b[m]·v_b[m'],
+    cos(v_a[l], (A v_b)[l]) = (A ⊙ G)[l, :].sum() / sqrt((A K_b ⊙ A)[l, :].sum()).
+    """
+    c, locations, d = q_a.shape
+    n = k.shape[0]
+    # (c, L, N, M) layout: both L×L products are single (c·L)×d @ d×(N·M) matmuls, no permuted copies
+    att = (q_a.reshape(c * locations, d) @ k.reshape(n * locations, d).T).div_(math.sqrt(d))
+    att = att.view(c, locations, n, locations).softmax(dim=-1)
+    gram_ab = (F.normalize(v_a, dim=-1).reshape(c * locations, d) @ v.reshape(n * locations, d).T)
+    gram_ab = gram_ab.view(c, locations, n, locations)
+    gram_b = v @ v.transpose(1, 2)  # (N, M, M)
+    numerator = (att * gram_ab).sum(-1)  # v̂_a[l] · aligned[l], (c, L, N)
+    norm_sq = (torch.einsum("clnm,nmk->clnk", att, gram_b) * att).sum(-1)  # ‖aligned[l]‖²
+    return (numerator / norm_sq.clamp_min(1e-24).sqrt()).mean(1)
 
 
 def alpa_similarity(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, budget_mb: float = 256.0) -> torch.Tensor:
@@ -161,6 +174,8 @@ class MODETrainer(Trainer):
         self.supcon_temperature = float(params.get("supcon_temperature", 0.1))
         self.hflip_knob = params.get("hflip", "auto")
         self.budget_mb = float(params.get("alpa_chunk_mb", 256.0))
+        # ALPA's cost grows with (2B)²: the fine-tuning batch may be smaller than the base network's recipe batch
+        self.batch_size = int(params.get("finetune_batch_size", self.batch_size))
         if self.inner_dim < 1 or self.inverse_temperature <= 0 or self.supcon_temperature <= 0:
             raise ValueError("mode: inner_dim, inverse_temperature and supcon_temperature must be positive")
         self.proj: ALPAProjectors | None = None
@@ -200,7 +215,7 @@ class MODE(Method):
     paper = "MODE: Multi-scale OOD DEtection (ALPA fine-tuning + cross-scale decision), IEEE TIP 2023"
     finetunes = True
     training_knobs = frozenset({"variant", "inverse_temperature", "inner_dim", "lam", "supcon_temperature",
-                                "hflip", "finetune_epochs", "finetune_lr"})
+                                "hflip", "finetune_epochs", "finetune_lr", "finetune_batch_size"})
 
     def trainer_class(self):
         return MODETrainer

@@ -141,7 +141,7 @@ class DMRSynthesizer:
     """Synthetic features from the training features (h, y) — see the module docstring for the variants."""
 
     def __init__(self, h: np.ndarray, y: np.ndarray, variant: str = "single", s: float = 3.0, p: float = 0.5,
-                 k: int = 5):
+                 k: int = 5, anchor: str = "origin"):
         if variant not in VARIANTS:
             raise ValueError(f"dmr variant must be one of {VARIANTS}, got {variant!r}")
         self.h = np.asarray(h, dtype=np.float64)
@@ -151,6 +151,9 @@ class DMRSynthesizer:
         if variant != "single" and not 2 <= int(k) <= len(self.classes):
             raise ValueError(f"dmr k must be in [2, {len(self.classes)}] (number of classes), got {k}")
         self.k = int(k)
+        if anchor not in ("origin", "mean"):
+            raise ValueError(f"dmr anchor must be origin or mean, got {anchor!r}")
+        self.anchor = anchor
         self.means = class_means(self.h, self.y)
         self.marginal = self.h - self.means[self.y]
         self.sampler = ClassSampler(self.y)
@@ -166,7 +169,11 @@ class DMRSynthesizer:
         return self._mix(self.marginal if self.variant == "multiple" else self.h, len(idx), rng)
 
     def __call__(self, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return amplify(self.raw(idx, rng), self.s, self.p, rng).astype(np.float32)
+        out = amplify(self.raw(idx, rng), self.s, self.p, rng)
+        if self.anchor == "mean" and self.variant != "without_dmr":
+            # decode the marginal around the data's centre, as a generator decodes latents around w_avg
+            out = out + self.h.mean(axis=0)
+        return out.astype(np.float32)
 
 
 # ============================================================================ KIRBY (pixel space)

@@ -44,9 +44,10 @@ def random_mask_(model, ratio: float, generator: torch.Generator) -> None:
         for _, layer in masked_layers(model):
             w = layer.weight
             n = int(round(ratio * w.numel()))
-            if n:
-                idx = torch.randperm(w.numel(), generator=generator)[:n]
-                w.view(-1)[idx.to(w.device)] = 0.0
+            if n:  # a flat mask, multiplied in: works whatever the weight's memory layout (channels-last)
+                keep = torch.ones(w.numel(), dtype=w.dtype)
+                keep[torch.randperm(w.numel(), generator=generator)[:n]] = 0.0
+                w.mul_(keep.view(w.shape).to(w.device))
 
 
 @torch.no_grad()

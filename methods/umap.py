@@ -45,12 +45,10 @@ class TopKMask(torch.autograd.Function):
 
 
 def topk_mask(scores: torch.Tensor, keep: float) -> torch.Tensor:
-    out = torch.zeros_like(scores)
-    flat = out.view(-1)
+    flat = torch.zeros(scores.numel(), dtype=scores.dtype, device=scores.device)  # contiguous, any input layout
     j = int((1 - keep) * scores.numel())
-    idx = scores.flatten().argsort()
-    flat[idx[j:]] = 1.0
-    return out
+    flat[scores.flatten().argsort()[j:]] = 1.0
+    return flat.view(scores.shape)
 
 
 def kept_count(numel: int, keep: float) -> int:

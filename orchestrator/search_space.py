@@ -13,6 +13,7 @@ Format (``search_spaces/<method>.yaml``)::
       mode: {type: categorical, choices: [a, b]}
     fixed: {epochs: 10}        # constants; override the benchmark's training recipe too
     resources: {cpu: 1, gpu: 0}  # per trial; --cpus-per-trial / --gpus-per-trial override (fractions allowed)
+    smoke: {num_samples: 2, epochs: 1, teacher: self}  # --smoke-test budget; other keys are fixed values
 
 Multi-objective: ``metric: [val/auroc, val/acc]`` with ``mode: [max, max]`` (Optuna's multi-objective
 sampler; the sweep reports the Pareto front).

@@ -136,6 +136,9 @@ def prepare(opts: SweepOptions) -> Prepared:
     fixed = dict(space.fixed)
     searched = {k.name for k in space.knobs}
     smoke = {**SMOKE_BUDGET, **space.smoke} if opts.smoke_test else {}
+    for key, value in smoke.items():  # the YAML's smoke block may also fix cheap values (e.g. teacher: self)
+        if key not in SMOKE_BUDGET and key not in searched:
+            fixed[key] = value
     epochs = opts.epochs or smoke.get("epochs")
     if epochs is not None:
         if "epochs" in searched:

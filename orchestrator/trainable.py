@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import methods
-from methods.base import Method
+from methods.base import Method, Scorer
 from orchestrator.backbones import build_classifier
 from orchestrator.benchmarks import Benchmark
 from orchestrator.cache import ModelCache, config_key
@@ -139,7 +139,9 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
     with_fmap = "fmap" in scorer.needs
     store = OutputStore(model.eval(), bench, device, persist=functools.partial(cache.outputs, key))
     outputs = {(name, with_fmap): store.get(name, with_fmap) for name in bench.splits()}
-    work = fit_scorer(scorer, store).sweep_work(store) if not scorer.needs_input else None
+    # Fit here only for scorers that share sweep work (fitting DMR's head or KIRBY's Grad-CAM would be wasted).
+    shares_work = type(scorer).sweep_work is not Scorer.sweep_work and not scorer.needs_input
+    work = fit_scorer(scorer, store).sweep_work(store) if shares_work else None
     return {"key": key, "outputs": outputs, "work": work}
 
 
