@@ -60,7 +60,10 @@ def catalog() -> list[dict[str, str]]:
     for path in sorted(Path(__path__[0]).glob("*.py")):
         if path.stem.startswith("_") or path.stem in ("base", "common"):
             continue
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        module_consts = {t.id: stmt.value.value for stmt in tree.body if isinstance(stmt, ast.Assign)
+                         and isinstance(stmt.value, ast.Constant) for t in stmt.targets if isinstance(t, ast.Name)}
+        for node in ast.walk(tree):
             if not isinstance(node, ast.ClassDef):
                 continue
             names = [d.args[0].value for d in node.decorator_list if isinstance(d, ast.Call)
@@ -70,7 +73,12 @@ def catalog() -> list[dict[str, str]]:
                 continue
             attrs = {t.id: stmt.value for stmt in node.body if isinstance(stmt, ast.Assign)
                      for t in stmt.targets if isinstance(t, ast.Name)}
-            const = lambda key: attrs[key].value if isinstance(attrs.get(key), ast.Constant) else None  # noqa: E731
+            def const(key, attrs=attrs):
+                node_ = attrs.get(key)
+                if isinstance(node_, ast.Constant):
+                    return node_.value
+                return module_consts.get(node_.id) if isinstance(node_, ast.Name) else None
+
             defs = {stmt.name for stmt in node.body if isinstance(stmt, ast.FunctionDef)}
             kind = "fine-tunes" if const("finetunes") else "trains" if "trainer_class" in defs else "post-hoc"
             rows.append({"name": names[0], "module": path.stem, "paper": const("paper") or "",

@@ -14,7 +14,7 @@ def _run(args, cwd):
 
 @pytest.mark.parametrize("args, message", [
     (["sweep", "no-such-method"], "unknown method 'no-such-method'; known methods: "),
-    (["sweep", "ascood", "--benchmark", "no-such-bench"], "unknown benchmark 'no-such-bench'; known benchmarks: digits"),
+    (["sweep", "ascood", "--benchmark", "no-such-bench"], "unknown benchmark 'no-such-bench'; known benchmarks: cifar10, cifar100, digits, fashion-mnist"),
     (["sweep", "ascood", "--search-space", "bad.yaml"], "bad.yaml: space.p_inv: low (0.5) is above high (0.01)"),
     (["sweep", "ascood", "--num-samples", "0"], "--num-samples must be at least 1"),
     (["sweep", "ascood", "--tracking-uri", "http://127.0.0.1:9"], "is not reachable"),
