@@ -52,6 +52,10 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--experiment", default="oodsweep", help="MLflow experiment name (default oodsweep)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a failed trial (e.g. a lost node) from its last checkpoint (default 2)")
+    p.add_argument("--seeds", type=int, default=0, metavar="N",
+                   help="re-run the best configuration with N more seeds; mean ± std logged to the parent run")
+    p.add_argument("--seeds-every-trial", action="store_true", help="with --seeds: re-run every trial's configuration")
+    p.add_argument("--no-figures", action="store_true", help="skip the sweep's figures (heatmap, ROC, Optuna plots)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
 
 
@@ -76,7 +80,8 @@ def _cmd_sweep(args) -> int:
         num_cpus=args.num_cpus, num_gpus=args.num_gpus, dashboard=not args.no_dashboard,
         dashboard_host=args.dashboard_host, convention=args.fpr_convention, experiment=args.experiment,
         max_failures=args.max_failures, scheduler=args.scheduler, grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor, objectives=args.objective, quiet=args.quiet)
+        reduction_factor=args.reduction_factor, objectives=args.objective, seeds=args.seeds,
+        seeds_every_trial=args.seeds_every_trial, figures=not args.no_figures, quiet=args.quiet)
     prep = sweep.prepare(opts)
     result = sweep.run(prep)
     sweep.print_summary(result, prep.space.metric)
@@ -118,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--server", action="store_true",
                     help="run `mlflow server` (REST API for sweeps on other machines) instead of `mlflow ui`")
+    from orchestrator import report
+
+    report.add_parser(sub)
     return parser
 
 
@@ -144,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.errors import UsageError
 
     try:
-        return {"sweep": _cmd_sweep, "list": _cmd_list, "ui": _cmd_ui}[args.command](args)
+        from orchestrator import report
+
+        return {"sweep": _cmd_sweep, "list": _cmd_list, "ui": _cmd_ui, "report": report.run}[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
-from orchestrator.metrics import COLUMN_TITLES
+# numpy, pandas and the metrics module are imported where used: `python -m orchestrator --help` stays instant.
 
 SWEEP_TAG = "oodsweep.sweep"
 TRIAL_TAG = "oodsweep.trial_id"
@@ -41,6 +41,8 @@ DEFAULT_SORT = "near_auroc"
 
 
 def _title(col: str, convention: str | None = None) -> str:
+    from orchestrator.metrics import COLUMN_TITLES
+
     if col == "id_acc":
         return "ID Acc"
     group, metric = col.split("_", 1)
@@ -49,6 +51,8 @@ def _title(col: str, convention: str | None = None) -> str:
 
 
 def _std(values: list[float]) -> float:
+    import numpy as np
+
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
@@ -133,7 +137,7 @@ def sweep_records(tracking_uri: str, sweeps: list[str] | None = None, experiment
     return out
 
 
-def leaderboard(tracking_uri: str, sweeps: list[str] | None = None, experiment: str = "oodsweep") -> pd.DataFrame:
+def leaderboard(tracking_uri: str, sweeps: list[str] | None = None, experiment: str = "oodsweep") -> "pd.DataFrame":
     """The leaderboard as a DataFrame: one row per (method, benchmark[, smoke][, FPR@95 convention]).
 
     Columns: method, benchmark, convention, smoke_test, seeds (samples averaged), sweeps (how many), then each
@@ -143,7 +147,10 @@ def leaderboard(tracking_uri: str, sweeps: list[str] | None = None, experiment: 
     return _aggregate(sweep_records(tracking_uri, sweeps, experiment))
 
 
-def _aggregate(records: list[dict]) -> pd.DataFrame:
+def _aggregate(records: list[dict]) -> "pd.DataFrame":
+    import numpy as np
+    import pandas as pd
+
     groups: dict[tuple, list[dict]] = {}
     for rec in records:
         groups.setdefault((rec["method"], rec["benchmark"], rec["smoke_test"], rec["convention"]), []).append(rec)
@@ -178,7 +185,7 @@ def _short(v: str) -> str:
     return v if f.is_integer() and "." not in v else f"{f:.4g}"
 
 
-def sort(df: pd.DataFrame, column: str) -> pd.DataFrame:
+def sort(df: "pd.DataFrame", column: str) -> "pd.DataFrame":
     """Best first: descending, except FPR@95 (ascending). Accepts a column name or its title (``near-auroc``)."""
     col = column.replace("-", "_").replace("/", "_").lower()
     if col not in df.columns:
@@ -194,7 +201,7 @@ def _cell(mean: float, std: float, seeds: int) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f}"
 
 
-def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
+def _display(df: "pd.DataFrame") -> tuple[list[str], list[list[str]], str]:
     conventions = sorted(set(df["convention"])) if len(df) else ["classic"]
     one = conventions[0] if len(conventions) == 1 else None
     header = ["Method", "Benchmark", *(_title(c, one) for c in METRICS), "Seeds", "Best config (val)"]
@@ -215,7 +222,7 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
     return header, rows, note
 
 
-def render(df: pd.DataFrame, fmt: str = "table") -> str:
+def render(df: "pd.DataFrame", fmt: str = "table") -> str:
     """The leaderboard as ``table`` (aligned text), ``markdown`` or ``csv`` (raw fractions, std columns)."""
     if fmt == "csv":
         return df.to_csv(index=False, float_format="%.6f")

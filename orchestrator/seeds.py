@@ -48,8 +48,12 @@ def _one(config: dict[str, Any], bench, settings: dict[str, Any]) -> dict[str, A
     return run_trial(config, bench, TrialSettings(**settings))
 
 
+def _best_trial_id(result, parent) -> str:
+    return str(parent.data.tags.get("best_trial_id") or result.best_metrics.get("trial_id") or "best")
+
+
 def _trial_configs(prep, result, client, every_trial: bool) -> list[tuple[str, dict[str, Any]]]:
-    best_id = str(result.best_metrics.get("trial_id", "best"))
+    best_id = _best_trial_id(result, client.get_run(result.parent_run_id))
     configs = [(best_id, dict(result.best_config))]
     if every_trial:
         from orchestrator.tracking import TRIAL_TAG
@@ -97,7 +101,7 @@ def rerun_best_with_seeds(prep, result, n_seeds: int, every_trial: bool = False,
     jobs = [(tid, cfg, s) for tid, cfg in _trial_configs(prep, result, client, every_trial) for s in seeds]
     base = TrialSettings(method=method.name, seed=opts.seed, cache_dir=opts.cache_dir, convention=opts.convention,
                          threads=max(1, int(prep.resources["cpu"])), data_fingerprint=bench.fingerprint())
-    best_id = str(result.best_metrics.get("trial_id", "best"))
+    best_id = _best_trial_id(result, parent)
     samples: dict[int, dict[str, float]] = {opts.seed: result.best_matrix.flat()}
     runs: list[str] = []
     say = (lambda msg: None) if opts.quiet else (lambda msg: print(msg, flush=True))

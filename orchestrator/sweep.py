@@ -54,6 +54,9 @@ class SweepOptions:
     grace_period: int = 1
     reduction_factor: int = 2
     objectives: list[str] | None = None  # ["val/auroc:max", "val/acc:max"] overrides the YAML's metric/mode
+    seeds: int = 0  # re-run the best configuration with this many more seeds
+    seeds_every_trial: bool = False
+    figures: bool = True
     quiet: bool = False
 
 
@@ -317,6 +320,16 @@ def run(prep: Prepared) -> SweepResult:
             tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
         grid = tuner.fit()
         result = _summarise(prep, grid, sweep_run, started)
+        if opts.seeds and result.best_matrix is not None:
+            from orchestrator.seeds import rerun_best_with_seeds
+
+            _say(opts, f"Re-running the best configuration with {opts.seeds} more seed(s)...")
+            rerun_best_with_seeds(prep, result, opts.seeds, every_trial=opts.seeds_every_trial, client=sweep_run.client)
+        if opts.figures and result.best_matrix is not None:
+            from orchestrator.figures import log_sweep_figures
+
+            for note in log_sweep_figures(prep, result, sweep_run.client):
+                _say(opts, f"figures: {note}")
         status = "FINISHED" if result.best_matrix is not None else "FAILED"
         return result
     finally:

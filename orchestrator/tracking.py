@@ -197,7 +197,14 @@ class MLflowTrialLogger(Callback):
         metrics = [Metric(k, v, now, step) for k, v in _numeric(result).items()]
         self.client.log_batch(run_id, metrics=metrics)
         if result.get("matrix_json"):
-            log_matrix_artifacts(self.client, run_id, OODMatrix.from_json(json.loads(result["matrix_json"])))
+            matrix = OODMatrix.from_json(json.loads(result["matrix_json"]))
+            log_matrix_artifacts(self.client, run_id, matrix)
+            try:  # a figure is never worth stalling the event queue for
+                from orchestrator.figures import log_trial_figures
+
+                log_trial_figures(self.client, run_id, matrix)
+            except Exception as exc:  # noqa: BLE001
+                print(f"warning: heatmap for trial {trial_id} not logged: {exc}", file=sys.stderr)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         trial_id, config, last = trial.trial_id, dict(trial.config), dict(trial.last_result or {})

@@ -1,0 +1,151 @@
+"""Figures: the matrix heatmap, the best configuration's histograms/ROC (recomputed through the model cache, equal to
+what the trial reported), and Optuna's plots from a study rebuilt from MLflow child runs. No Ray: the trial runs
+in-process through `run_trial` (a real tiny training), the store is real SQLite."""
+import os
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator import figures, sweep
+from orchestrator.metrics import OODMatrix, ood_matrix
+from orchestrator.trainable import TrialSettings, run_trial
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cwd(tmp_path_factory):
+    """MLflow puts a new experiment's artifacts under ./mlruns: keep them in a temporary folder, not the checkout."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory):
+    """A prepared energy smoke sweep and one real trial of it (trains the tiny classifier once, into the cache)."""
+    tmp = tmp_path_factory.mktemp("figures")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    prep = sweep.prepare(sweep.SweepOptions(method="energy", smoke_test=True, dashboard=False, tracking_uri=uri,
+                                            storage_path=str(tmp / "ray"), cache_dir=str(tmp / "cache"), quiet=True))
+    config = {**prep.fixed, "temperature": 2.0}
+    settings = TrialSettings(method="energy", seed=0, cache_dir=str(tmp / "cache"),
+                             data_fingerprint=prep.bench.fingerprint())
+    result = run_trial(config, prep.bench, settings)
+    return prep, config, result, uri, tmp
+
+
+def _png(client, run_id, path, tmp):
+    data = open(client.download_artifacts(run_id, path, str(tmp)), "rb").read()
+    assert data.startswith(PNG), path
+    return data
+
+
+def _matrix(result):
+    import json
+
+    return OODMatrix.from_json(json.loads(result["matrix_json"]))
+
+
+def test_heatmap_is_fast_and_logged_per_trial(trial, tmp_path):
+    _, _, result, uri, _ = trial
+    matrix = _matrix(result)
+    started = time.time()
+    fig = figures.heatmap_figure(matrix)
+    fig.savefig(tmp_path / "h.png")
+    plt.close(fig)
+    assert time.time() - started < 3.0  # ~0.15 s on a 2-core CPU; generous for loaded CI machines
+    client = MlflowClient(uri)
+    exp = client.create_experiment("heatmap")
+    run_id = client.create_run(exp).info.run_id
+    figures.log_trial_figures(client, run_id, matrix)
+    assert [a.path for a in client.list_artifacts(run_id)] == ["ood_matrix_heatmap.png"]
+    _png(client, run_id, "ood_matrix_heatmap.png", tmp_path)
+    assert not plt.get_fignums()  # closed after logging
+
+
+def test_best_scores_reproduce_the_trials_matrix(trial):
+    prep, config, result, _, _ = trial
+    s_id, ood = figures.best_scores(prep, config)
+    near = {n: s for n, (g, s) in ood.items() if g == "near"}
+    far = {n: s for n, (g, s) in ood.items() if g == "far"}
+    assert set(near) == set(prep.bench.near) and set(far) == set(prep.bench.far)
+    again = ood_matrix(s_id, near, far).flat()
+    for name, value in _matrix(result).flat().items():
+        if name != "id/acc":
+            assert again[name] == pytest.approx(value, abs=1e-12), name
+    for make in (figures.histogram_figure, figures.roc_figure):
+        fig = make(s_id, ood, "t")
+        assert len(fig.axes) >= 1
+        plt.close(fig)
+
+
+def _sweep_runs(client, exp, result, values):
+    parent = client.create_run(exp, run_name="figs", tags={"oodsweep.sweep": "figs"}).info.run_id
+    for i, (temperature, val) in enumerate(values):
+        child = client.create_run(exp, tags={"mlflow.parentRunId": parent, "oodsweep.trial_id": f"t{i}"}).info.run_id
+        client.log_param(child, "temperature", temperature)
+        client.log_param(child, "epochs", 1)
+        client.log_metric(child, "val/auroc", val)
+        client.set_terminated(child)
+    repeat = client.create_run(exp, tags={"mlflow.parentRunId": parent, "oodsweep.trial_id": "t0",
+                                          "oodsweep.seed_repeat": "true"}).info.run_id
+    client.log_param(repeat, "temperature", values[0][0])
+    client.log_metric(repeat, "val/auroc", 0.0)
+    client.set_terminated(repeat)
+    return parent
+
+
+def test_sweep_figures_and_optuna_study(trial, tmp_path):
+    prep, config, result, uri, _ = trial
+    client = MlflowClient(uri)
+    exp = client.create_experiment("sweep-figures")
+    values = [(2.0, 0.61), (0.5, 0.55), (7.5, 0.58)]
+    parent = _sweep_runs(client, exp, result, values)
+    study = figures.study_from_runs(client, parent, prep.space, prep.fixed)
+    assert [t.params["temperature"] for t in study.trials] == [v[0] for v in values]  # seed repeat left out
+    assert [t.value for t in study.trials] == [v[1] for v in values]
+    assert study.best_value == 0.61
+
+    res = sweep.SweepResult("figs", parent, uri, "", best_config=config, best_metrics={}, best_matrix=_matrix(result))
+    started = time.time()
+    notes = figures.log_sweep_figures(prep, res, client)
+    seconds = time.time() - started
+    assert notes == []
+    names = {a.path for a in client.list_artifacts(parent, "figures")}
+    assert names == {f"figures/{n}.png" for n in ("best_ood_matrix_heatmap", "best_score_histograms", "best_roc_curves",
+                                                  "optuna_history", "optuna_parallel_coordinate",
+                                                  "optuna_param_importances")}
+    for name in names:
+        _png(client, parent, name, tmp_path)
+    assert seconds < 6 * 3.0  # six figures, each well under a second on a 2-core CPU
+    # Optuna's plots switch to the ggplot style; that must not leak into anyone's later figures
+    assert plt.rcParams["axes.facecolor"] == "white" and not plt.get_fignums()
+
+
+def test_sweep_figures_skip_importances_with_one_trial(trial):
+    prep, config, result, uri, _ = trial
+    client = MlflowClient(uri)
+    exp = client.create_experiment("one-trial")
+    parent = _sweep_runs(client, exp, result, [(2.0, 0.6)])
+    res = sweep.SweepResult("one", parent, uri, "", best_config=config, best_matrix=_matrix(result))
+    notes = figures.log_sweep_figures(prep, res, client)
+    assert len(notes) == 1 and "importances skipped" in notes[0] and "1 trial" in notes[0]
+    names = {a.path for a in client.list_artifacts(parent, "figures")}
+    assert "figures/optuna_param_importances.png" not in names and "figures/optuna_history.png" in names
+    assert "figures/notes.txt" in names
+
+
+def test_sweep_without_a_finished_trial_gets_notes_not_errors(trial):
+    prep, _, _, uri, _ = trial
+    client = MlflowClient(uri)
+    exp = client.create_experiment("nothing")
+    parent = client.create_run(exp, tags={"oodsweep.sweep": "nothing"}).info.run_id
+    res = sweep.SweepResult("nothing", parent, uri, "")
+    notes = figures.log_sweep_figures(prep, res, client)
+    assert any("no finished trial" in n for n in notes)
+    assert np.all([a.path != "figures/optuna_history.png" for a in client.list_artifacts(parent, "figures")])
