@@ -26,6 +26,7 @@ import numpy as np
 
 from methods import register
 from methods.base import Method, Outputs, Scorer
+from methods.knn import flat_l2_index
 
 DEFAULT_K = 10
 AGGREGATORS = ("max", "mean")
@@ -91,17 +92,6 @@ def l2_normalise(v: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(v, dtype=np.float32)
 
 
-def _faiss_gpu(faiss) -> bool:
-    if not hasattr(faiss, "StandardGpuResources"):
-        return False
-    try:
-        import torch
-
-        return torch.cuda.is_available() and faiss.get_num_gpus() > 0
-    except Exception:  # noqa: BLE001 - any failure: stay on the CPU
-        return False
-
-
 class CSDScorer(Scorer):
     """Cross-scale decision on the last feature map; ``fit`` on training outputs, ``score`` on any split.
 
@@ -151,16 +141,7 @@ class CSDScorer(Scorer):
         if self.bank_ is None:
             raise RuntimeError("CSDScorer used before fit")
         if self._index is None:
-            import faiss
-
-            dim = self.bank_.shape[1]
-            gpu = _faiss_gpu(faiss) if self.use_gpu is None else self.use_gpu
-            if gpu:
-                self._gpu_resources = faiss.StandardGpuResources()
-                self._index = faiss.GpuIndexFlatL2(self._gpu_resources, dim)
-            else:
-                self._index = faiss.IndexFlatL2(dim)
-            self._index.add(self.bank_)
+            self._index, self._gpu_resources = flat_l2_index(self.bank_, self.use_gpu)
         return self._index
 
     def distances(self, fmap) -> np.ndarray:

@@ -55,6 +55,21 @@ def _gpu_available(faiss) -> bool:
         return False
 
 
+def flat_l2_index(bank: np.ndarray, use_gpu: bool | None = None):
+    """An exact faiss L2 index holding ``bank`` (float32, C-contiguous): on the GPU when faiss has GPU support and
+    CUDA is there (``use_gpu=None``), else on the CPU. Returns (index, gpu resources or None) — keep both alive."""
+    import faiss
+
+    dim = bank.shape[1]
+    if _gpu_available(faiss) if use_gpu is None else use_gpu:
+        resources = faiss.StandardGpuResources()
+        index = faiss.GpuIndexFlatL2(resources, dim)
+    else:
+        resources, index = None, faiss.IndexFlatL2(dim)
+    index.add(bank)
+    return index, resources
+
+
 class KnnScorer(Scorer):
     needs = frozenset({"features"})
     needs_fit = True
@@ -83,16 +98,7 @@ class KnnScorer(Scorer):
         if self.bank_ is None:
             raise RuntimeError("KnnScorer used before fit")
         if self._index is None:
-            import faiss
-
-            dim = self.bank_.shape[1]
-            gpu = _gpu_available(faiss) if self.use_gpu is None else self.use_gpu
-            if gpu:
-                self._gpu_resources = faiss.StandardGpuResources()
-                self._index = faiss.GpuIndexFlatL2(self._gpu_resources, dim)
-            else:
-                self._index = faiss.IndexFlatL2(dim)
-            self._index.add(self.bank_)
+            self._index, self._gpu_resources = flat_l2_index(self.bank_, self.use_gpu)
         return self._index
 
     def sweep_work(self, store) -> dict:

@@ -44,7 +44,7 @@ import methods
 from methods import register
 from methods.base import Method
 from methods.csd import csd_from_params
-from orchestrator.training import Trainer
+from orchestrator.training import FineTuner
 
 VARIANTS = ("mode_f", "mode_t")
 #: L×L float tensors kept alive per (anchor, other) pair in forward + backward (attention logits/softmax, Gram
@@ -157,12 +157,7 @@ def augment(x: torch.Tensor, hflip: bool, pad: int | None = None, generator=None
     return out
 
 
-class MODETrainer(Trainer):
-    epochs_knob = "finetune_epochs"
-    lr_knob = "finetune_lr"
-    default_epochs = 10
-    default_lr = 0.01
-
+class MODETrainer(FineTuner):
     def __init__(self, params, device="cpu", seed=0):
         super().__init__(params, device, seed)
         self.variant = params.get("variant", "mode_f")

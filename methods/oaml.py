@@ -46,7 +46,7 @@ from torch import nn
 import methods
 from methods import register
 from methods.base import Method
-from orchestrator.training import Trainer, to_float
+from orchestrator.training import FineTuner, to_float
 
 TEACHERS = ("larger", "self")
 
@@ -142,12 +142,7 @@ def distill_transform(t_dim: int, s_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.BatchNorm1d(t_dim), nn.Linear(t_dim, s_dim), nn.ReLU(), nn.BatchNorm1d(s_dim))
 
 
-class OAMLTrainer(Trainer):
-    epochs_knob = "finetune_epochs"
-    lr_knob = "finetune_lr"
-    default_epochs = 10
-    default_lr = 0.01
-
+class OAMLTrainer(FineTuner):
     def __init__(self, params, device="cpu", seed=0):
         super().__init__(params, device, seed)
         g = params.get

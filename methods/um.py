@@ -28,7 +28,7 @@ from torch import nn
 from methods import register
 from methods.base import Method
 from methods.outlier_synthesis import posthoc_scorer
-from orchestrator.training import Trainer, to_float
+from orchestrator.training import FineTuner, to_float
 
 MASKED_LAYERS = (nn.Conv2d, nn.Linear)
 
@@ -75,12 +75,7 @@ def floor_loss(ce: torch.Tensor, um: float, beta: float = 1.0) -> torch.Tensor:
     return (beta * ce - um).abs() + um
 
 
-class UMTrainer(Trainer):
-    epochs_knob = "finetune_epochs"
-    lr_knob = "finetune_lr"
-    default_epochs = 10
-    default_lr = 0.01
-
+class UMTrainer(FineTuner):
     def __init__(self, params, device="cpu", seed=0):
         super().__init__(params, device, seed)
         self.beta = float(params.get("beta", 1.0))

@@ -3,9 +3,8 @@
 
 Recipe knobs shared by every trainer: epochs, lr, batch_size, momentum, weight_decay, nesterov
 (SGD with cosine annealing per step, as OpenOOD trains its CIFAR baselines). A fine-tuning trainer
-(UM, MODE, OAML...) starts from the cached cross-entropy classifier and reads its own epoch and lr knobs
-by setting ``epochs_knob`` / ``lr_knob`` (e.g. ``finetune_epochs``), so the recipe keeps describing the
-base network.
+(UM, MODE, OAML...) subclasses :class:`FineTuner`: it starts from the cached cross-entropy classifier and reads
+its own ``finetune_epochs`` / ``finetune_lr`` knobs, so the recipe keeps describing the base network.
 """
 from __future__ import annotations
 
@@ -125,6 +124,16 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.load_extra_state(state.get("extra", {}))
+
+
+class FineTuner(Trainer):
+    """A trainer that fine-tunes the cached cross-entropy classifier (the method sets ``finetunes = True``):
+    its own epochs and lr knobs, so the recipe's keep describing the base network."""
+
+    epochs_knob = "finetune_epochs"
+    lr_knob = "finetune_lr"
+    default_epochs = 10
+    default_lr = 0.01
 
 
 class ModelProvider:
