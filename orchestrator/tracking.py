@@ -21,6 +21,8 @@ from ray.tune import Callback
 from orchestrator.metrics import OODMatrix
 
 TRIAL_TAG = "oodsweep.trial_id"
+#: Per-epoch metrics of a trial are written at most this often (the final result and the end of a trial at once).
+FLUSH_SECONDS = 5.0
 SWEEP_TAG = "oodsweep.sweep"
 
 
@@ -140,6 +142,8 @@ class MLflowTrialLogger(Callback):
         self.failures = 0
         self.queue: list = []
         self.warned = False
+        self.pending: dict[str, list] = {}  # per-epoch metrics not yet written, per trial
+        self.flushed: dict[str, float] = {}
 
     def _existing_children(self) -> dict[str, str]:
         runs = self.client.search_runs([self.sweep.experiment_id],
@@ -185,17 +189,28 @@ class MLflowTrialLogger(Callback):
         self._submit(lambda: self._run_for(trial_id, config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        trial_id, config, result = trial.trial_id, dict(trial.config), dict(result)
-        self._submit(lambda: self._log_result(trial_id, config, result))
-
-    def _log_result(self, trial_id, config, result):
         from mlflow.entities import Metric
 
-        run_id = self._run_for(trial_id, config)
+        trial_id, config, result = trial.trial_id, dict(trial.config), dict(result)
         step = int(result.get("training_iteration", 0))
-        now = _now_ms()
-        metrics = [Metric(k, v, now, step) for k, v in _numeric(result).items()]
-        self.client.log_batch(run_id, metrics=metrics)
+        pending = self.pending.setdefault(trial_id, [])
+        pending.extend(Metric(k, v, _now_ms(), step) for k, v in _numeric(result).items())
+        # Per-epoch metrics are batched (one store write every FLUSH_SECONDS per trial, not one per epoch: each write
+        # is a commit, and the trial waits for its report to be consumed); the final result is written at once.
+        if result.get("final") or time.monotonic() - self.flushed.get(trial_id, 0.0) >= FLUSH_SECONDS:
+            batch, self.pending[trial_id] = pending, []
+            self.flushed[trial_id] = time.monotonic()
+            self._submit(lambda: self._log_result(trial_id, config, result, batch))
+
+    def _flush_pending(self, trial_id, config):
+        batch = self.pending.pop(trial_id, [])
+        if batch:
+            self._submit(lambda: self._log_result(trial_id, config, {}, batch))
+
+    def _log_result(self, trial_id, config, result, metrics):
+        run_id = self._run_for(trial_id, config)
+        for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
         if result.get("matrix_json"):
             matrix = OODMatrix.from_json(json.loads(result["matrix_json"]))
             log_matrix_artifacts(self.client, run_id, matrix)
@@ -208,6 +223,7 @@ class MLflowTrialLogger(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         trial_id, config, last = trial.trial_id, dict(trial.config), dict(trial.last_result or {})
+        self._flush_pending(trial_id, config)
         self._submit(lambda: self._complete(trial_id, config, last))
 
     def _complete(self, trial_id, config, last):
@@ -217,6 +233,7 @@ class MLflowTrialLogger(Callback):
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._flush_pending(trial.trial_id, dict(trial.config))
         self.failures += 1
         error = ""
         if getattr(trial, "error_file", None) and os.path.exists(trial.error_file):

@@ -29,6 +29,9 @@ from orchestrator.training import RECIPE_KNOBS, ModelProvider, Trainer, pick_dev
 
 #: Per-epoch validation fits the scorer on at most this many training samples (the final one uses all).
 EPOCH_FIT_SAMPLES = 2000
+#: A training trial checkpoints at most this often (and after its last epoch); a restarted trial loses at most this
+#: much work. Override with $OODSWEEP_CHECKPOINT_SECONDS.
+CHECKPOINT_SECONDS = float(os.environ.get("OODSWEEP_CHECKPOINT_SECONDS", "10"))
 
 
 @dataclass
@@ -119,7 +122,7 @@ def train_network(method: Method, model, params, bench: Benchmark, settings: Tri
             continue
         store = OutputStore(model, bench, device)
         scorer = fit_scorer(method.scorer(params), store, EPOCH_FIT_SAMPLES)
-        metrics = {**stats, **validate(scorer, store, settings.convention), "epoch": epoch}
+        metrics = {**stats, **validate(scorer, store, settings.convention), "epoch": epoch, "epochs": trainer.epochs}
         report(metrics, lambda folder: _save_checkpoint(folder, model, trainer, epoch))
 
 
@@ -193,10 +196,19 @@ def tune_trainable(config: dict[str, Any], bench: Benchmark, settings: dict[str,
     if isinstance(shared, ray.ObjectRef):
         shared = ray.get(shared)
 
+    last_checkpoint = [time.monotonic()]
+
     def report(metrics, save_checkpoint):
+        # Every epoch reports (ASHA sees each one); a checkpoint goes with it at most every CHECKPOINT_SECONDS and
+        # at the last epoch: persisting one costs Tune an experiment-state sync, which dominated short epochs.
+        due = time.monotonic() - last_checkpoint[0] >= CHECKPOINT_SECONDS or metrics["epoch"] >= metrics["epochs"]
+        if not due:
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(folder)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        last_checkpoint[0] = time.monotonic()
 
     final = run_trial(config, bench, TrialSettings(**settings), report, tune.get_checkpoint(), shared)
     tune.report(final)
