@@ -249,6 +249,13 @@ class MLflowTrialLogger(Callback):
         self.client.set_terminated(run_id, "FAILED")
 
     def on_experiment_end(self, trials, **info):
+        # A driver killed between creating a child run and Tune's next experiment-state snapshot leaves a run for a
+        # trial the resumed sweep never heard of (Tune runs a fresh trial instead): drop it, one run per trial.
+        known = {t.trial_id for t in trials}
+        for trial_id, run_id in list(self.child.items()):
+            if trial_id not in known:
+                self._submit(lambda run_id=run_id: self.client.delete_run(run_id))
+                del self.child[trial_id]
         for attempt in range(5):
             if self.flush():
                 return

@@ -104,7 +104,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(workdir):
         for line in proc.stdout:
             seen.append(line)
             if "1/3 done" in line:
-                time.sleep(2.0)  # let the second trial get going and checkpoint an epoch or two
+                time.sleep(3.0)  # > Tune's 1-s state snapshot; the second trial gets going meanwhile
                 break
         else:
             pytest.fail("sweep ended before it could be killed:\n" + "".join(seen[-30:]))
