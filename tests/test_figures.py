@@ -1,7 +1,6 @@
 """Figures: the matrix heatmap, the best configuration's histograms/ROC (recomputed through the model cache, equal to
 what the trial reported), and Optuna's plots from a study rebuilt from MLflow child runs. No Ray: the trial runs
 in-process through `run_trial` (a real tiny training), the store is real SQLite."""
-import os
 import time
 
 import matplotlib.pyplot as plt
@@ -17,12 +16,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cwd(tmp_path_factory):
-    """MLflow puts a new experiment's artifacts under ./mlruns: keep them in a temporary folder, not the checkout."""
-    old = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("cwd"))
+def _cwd(mlflow_cwd):
     yield
-    os.chdir(old)
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,8 @@ if CHROMIUM is None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cwd(tmp_path_factory):
-    """MLflow puts a new experiment's artifacts under ./mlruns: keep them in a temporary folder, not the checkout."""
-    old = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("cwd"))
+def _cwd(mlflow_cwd):
     yield
-    os.chdir(old)
 
 
 def _free_port() -> int:

@@ -5,7 +5,6 @@ whose seed-1 network is the one energy --seed 1 already trained (model cache). E
 (or be the mean/std of) metrics stored in MLflow. Sorting, rendering and the selection rules (the sweep's own
 best_trial_id, min-mode objectives, failed runs, conventions, smoke sweeps) run on a hand-built store (no Ray).
 """
-import os
 import time
 
 import numpy as np
@@ -18,12 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cwd(tmp_path_factory):
-    """MLflow puts a new experiment's artifacts under ./mlruns: keep them in a temporary folder, not the checkout."""
-    old = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("cwd"))
+def _cwd(mlflow_cwd):
     yield
-    os.chdir(old)
 
 
 @pytest.fixture(scope="module")
