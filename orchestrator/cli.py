@@ -38,6 +38,9 @@ def _sweep_parser(sub) -> None:
                    help="early stopping on the per-epoch validation metric (default none)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may be stopped")
     p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep 1/N of trials per rung")
+    p.add_argument("--report-seconds", type=float, default=5.0,
+                   help="a training trial reports to Tune at most this often, besides ASHA's milestones and its "
+                        "last epoch; every epoch still reaches MLflow (default 5; 0: report every epoch)")
     p.add_argument("--objective", action="append", metavar="METRIC[:max|min]",
                    help="optimise this metric (repeat for multi-objective, e.g. --objective val/auroc:max "
                         "--objective val/acc:max); default: the YAML's metric")
@@ -80,7 +83,7 @@ def _cmd_sweep(args) -> int:
         num_cpus=args.num_cpus, num_gpus=args.num_gpus, dashboard=not args.no_dashboard,
         dashboard_host=args.dashboard_host, convention=args.fpr_convention, experiment=args.experiment,
         max_failures=args.max_failures, scheduler=args.scheduler, grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor, objectives=args.objective, seeds=args.seeds,
+        reduction_factor=args.reduction_factor, report_seconds=args.report_seconds, objectives=args.objective, seeds=args.seeds,
         seeds_every_trial=args.seeds_every_trial, figures=not args.no_figures, quiet=args.quiet)
     prep = sweep.prepare(opts)
     result = sweep.run(prep)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -53,6 +54,7 @@ class SweepOptions:
     scheduler: str = "none"  # none | asha
     grace_period: int = 1
     reduction_factor: int = 2
+    report_seconds: float = 5.0  # a training trial reports to Tune at most this often (0: every epoch)
     objectives: list[str] | None = None  # ["val/auroc:max", "val/acc:max"] overrides the YAML's metric/mode
     seeds: int = 0  # re-run the best configuration with this many more seeds
     seeds_every_trial: bool = False
@@ -114,6 +116,8 @@ def prepare(opts: SweepOptions) -> Prepared:
                         ("--epochs", opts.epochs), ("--grace-period", opts.grace_period)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
+    if opts.report_seconds < 0:
+        raise UsageError(f"--report-seconds must be 0 or more, got {opts.report_seconds}")
     if opts.reduction_factor < 2:
         raise UsageError(f"--reduction-factor must be at least 2, got {opts.reduction_factor}")
     if opts.scheduler not in ("none", "asha"):
@@ -261,9 +265,31 @@ def _scheduler(prep: Prepared):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    max_t = int(prep.fixed.get("epochs", prep.bench.recipe.get("epochs", 10))) + 1  # + the final evaluation report
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=prep.opts.grace_period,
+    # Time is the epoch (a report may stand for several, see trainable.ReportPolicy); max_t is one past the last
+    # epoch so that no report, the final evaluation included, hits ASHA's "reached max_t: stop" rule.
+    max_t = _max_t(prep)
+    return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=prep.opts.grace_period,
                          reduction_factor=prep.opts.reduction_factor)
+
+
+def _max_t(prep: Prepared) -> int:
+    return int(prep.fixed.get("epochs", prep.bench.recipe.get("epochs", 10))) + 1
+
+
+def _report_policy(prep: Prepared):
+    """Report at every epoch ASHA decides at (its rungs: grace·rf^k below max_t), else at most every N seconds."""
+    from orchestrator.trainable import ReportPolicy
+
+    milestones: tuple[int, ...] = ()
+    if prep.opts.scheduler == "asha":
+        milestones = asha_milestones(prep.opts.grace_period, prep.opts.reduction_factor, _max_t(prep))
+    return ReportPolicy(seconds=prep.opts.report_seconds, epochs=milestones)
+
+
+def asha_milestones(grace_period: int, reduction_factor: int, max_t: int) -> tuple[int, ...]:
+    """The epochs at which ASHA (one bracket, Ray's default) compares trials: grace·rf^k, k < log_rf(max_t/grace)+1."""
+    rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return tuple(int(grace_period * reduction_factor ** k) for k in range(rungs))
 
 
 def run(prep: Prepared) -> SweepResult:
@@ -298,7 +324,8 @@ def run(prep: Prepared) -> SweepResult:
                                  data_fingerprint=bench.fingerprint())
         shared = _prewarm(method, space, prep.fixed, bench, settings, prep.resources, opts)
         trainable = tune.with_resources(
-            tune.with_parameters(tune_trainable, bench=bench, settings=settings_dict(settings), shared=shared),
+            tune.with_parameters(tune_trainable, bench=bench, settings=settings_dict(settings), shared=shared,
+                                 reporting=_report_policy(prep)),
             dict(prep.resources))
         logger = tracking.MLflowTrialLogger(sweep_run, tags=tags)
         progress = ProgressPrinter(space.metric, space.mode, prep.num_samples, quiet=opts.quiet)

@@ -191,10 +191,15 @@ class MLflowTrialLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
+        from orchestrator.trainable import HISTORY_KEY
+
         trial_id, config, result = trial.trial_id, dict(trial.config), dict(result)
-        step = int(result.get("training_iteration", 0))
         pending = self.pending.setdefault(trial_id, [])
-        pending.extend(Metric(k, v, _now_ms(), step) for k, v in _numeric(result).items())
+        # A report may stand for several epochs (the earlier ones ride along as JSON); MLflow's step is the epoch,
+        # and the final evaluation comes after the last epoch.
+        for record in [*json.loads(result.get(HISTORY_KEY) or "[]"), result]:
+            step = int(record.get("epoch", result.get("training_iteration", 0))) + bool(record.get("final"))
+            pending.extend(Metric(k, v, _now_ms(), step) for k, v in _numeric(record).items())
         # Per-epoch metrics are batched (one store write every FLUSH_SECONDS per trial, not one per epoch: each write
         # is a commit, and the trial waits for its report to be consumed); the final result is written at once.
         if result.get("final") or time.monotonic() - self.flushed.get(trial_id, 0.0) >= FLUSH_SECONDS:

@@ -49,6 +49,16 @@ def test_asha_stops_trials_early_and_they_still_log_what_they_reached(tmp_path):
         assert len(client.get_metric_history(c.info.run_id, "val/auroc")) < 5  # fewer reports than a full trial
 
 
+def test_throttled_reports_still_log_every_epoch_to_mlflow(tmp_path):
+    # report_seconds so long that only the last epoch and the final evaluation go to Tune (2 results, not 5)
+    res, client, parent, children = _run(tmp_path, method="ascood", num_samples=1, epochs=4, report_seconds=1e6)
+    (child,) = children
+    history = client.get_metric_history(child.info.run_id, "val/auroc")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]  # epochs 1-4, then the final evaluation
+    (result_file,) = (tmp_path / "r").glob("*/*/result.json")
+    assert len(result_file.read_text().splitlines()) == 2
+
+
 def test_multi_objective_sweep_logs_its_pareto_front(tmp_path):
     res, client, parent, children = _run(tmp_path, method="ascood", num_samples=3,
                                          objectives=["val/auroc:max", "val/acc:max"])

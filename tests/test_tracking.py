@@ -73,3 +73,24 @@ def test_failed_trial_logs_its_error(tmp_path):
     logger.on_trial_error(0, [], t)
     run = MlflowClient(tracking_uri=uri).get_run(logger.child["t"])
     assert run.info.status == "FAILED" and "temperature must be > 0" in run.data.tags["error"]
+
+
+def test_a_report_standing_for_several_epochs_logs_each_at_its_epoch(tmp_path):
+    from orchestrator.trainable import HISTORY_KEY
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = SweepRun(uri, "exp", "s")
+    logger = MLflowTrialLogger(sweep)
+    logger.setup()
+    t = _trial("t", k=1)
+    logger.on_trial_start(0, [], t)
+    held = [{"val/auroc": 0.5, "epoch": 1, "epochs": 3}, {"val/auroc": 0.6, "epoch": 2, "epochs": 3}]
+    logger.on_trial_result(0, [], t, {"val/auroc": 0.65, "epoch": 3, "epochs": 3, "training_iteration": 1,
+                                      HISTORY_KEY: json.dumps(held)})
+    logger.on_trial_result(0, [], t, {**_final(), "epoch": 3})
+    t.last_result = _final()
+    logger.on_trial_complete(0, [], t)
+    logger.on_experiment_end([t])
+    history = MlflowClient(tracking_uri=uri).get_metric_history(logger.child["t"], "val/auroc")
+    # epochs 1-3 at their own steps, the final evaluation after the last epoch
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.6), (3, 0.65), (4, 0.7)]
