@@ -13,17 +13,15 @@ FPR@95 is the classic convention (fraction of OOD accepted at 95% ID TPR).
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import methods  # noqa: E402
+from benchmarks import _tables  # noqa: E402
 from orchestrator import benchmarks  # noqa: E402
 from orchestrator.trainable import TrialSettings, run_trial  # noqa: E402
 
@@ -87,15 +85,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _fmt(values, pct=True):
-    v = np.asarray(values, dtype=float) * (100 if pct else 1)
-    return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
-
-
 def write_table(args, bench, results, chosen, posthoc, seconds):
     baseline_of = {"um": "CE + energy", "umap": "CE + energy", "oe": "CE + energy",
                    "dmr": "CE + best post-hoc (by val AUROC)", "kirby": "CE + best post-hoc (by val AUROC)"}
-    cmd = "python benchmarks/seed_methods_part1.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = _tables.command("seed_methods_part1.py")
     lines = [f"# UM / UMAP / OE / DMR / KIRBY vs baselines on {bench.name}{' (smoke copy)' if args.smoke else ''}",
              "", f"Command: `{cmd}`", "",
              f"Seeds {args.seeds}; CE/OE {args.epochs} epochs (recipe otherwise: {bench.recipe}); UM/UMAP "
@@ -104,19 +97,8 @@ def write_table(args, bench, results, chosen, posthoc, seconds):
              "FPR95 = classic convention (OOD accepted at 95% ID TPR). Post-hoc candidates: "
              f"{', '.join(posthoc)}; chosen per seed on val AUROC: {', '.join(chosen)}. Wall time {seconds / 60:.1f} min.",
              "DMR and KIRBY are substitutes (feature-space marginals; Grad-CAM + diffusion inpainting).", "",
-             "| method | " + " | ".join(name for _, name in METRICS) + " | Δ near AUROC vs baseline (per seed) |",
-             "|---" * (len(METRICS) + 2) + "|"]
-    for name, rs in results.items():
-        cells = [_fmt([r[k] for r in rs]) for k, _ in METRICS]
-        delta = ""
-        if name in baseline_of:
-            d = [100 * (r["near/auroc"] - b["near/auroc"]) for r, b in zip(rs, results[baseline_of[name]])]
-            delta = f"{np.mean(d):+.2f} ({', '.join(f'{x:+.2f}' for x in d)}) vs {baseline_of[name]}"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             *_tables.comparison(results, METRICS, baseline_of)]
+    _tables.write(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,15 @@ Every network is trained through ``orchestrator.trainable.run_trial`` (plain Pyt
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import _tables  # noqa: E402
 from orchestrator import benchmarks  # noqa: E402
 from orchestrator.trainable import TrialSettings, run_trial  # noqa: E402
 
@@ -77,13 +76,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def _fmt(values, pct=True):
-    v = np.asarray(values, dtype=float) * (100 if pct else 1)
-    return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
-
-
 def write_table(args, bench, results, seconds, total):
-    cmd = "python benchmarks/seed_methods_part2.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = _tables.command("seed_methods_part2.py")
     lines = [f"# MODE / OAML vs baselines on {bench.name}{' (smoke copy)' if args.smoke else ''}", "",
              f"Command: `{cmd}`", "",
              f"Seeds {args.seeds}; CE {args.epochs} epochs (recipe otherwise: {bench.recipe}); MODE/OAML fine-tune "
@@ -92,19 +86,8 @@ def write_table(args, bench, results, seconds, total):
              f"{args.teacher}, candidates {args.oaml_candidates}, other knobs default. Test metrics ×100, mean ± sample "
              f"std over seeds; FPR95 = classic convention (OOD accepted at 95% ID TPR). Wall time {total / 60:.1f} min.",
              "OAML is a substitute (feature-space outliers instead of Stable Diffusion images).", "",
-             "| method | " + " | ".join(name for _, name in METRICS) + " | Δ near AUROC vs baseline (per seed) | s/trial |",
-             "|---" * (len(METRICS) + 3) + "|"]
-    for name, rs in results.items():
-        cells = [_fmt([r[k] for r in rs]) for k, _ in METRICS]
-        delta = ""
-        if name in BASELINE_OF:
-            d = [100 * (r["near/auroc"] - b["near/auroc"]) for r, b in zip(rs, results[BASELINE_OF[name]])]
-            delta = f"{np.mean(d):+.2f} ({', '.join(f'{x:+.2f}' for x in d)}) vs {BASELINE_OF[name]}"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} | {np.mean(seconds[name]):.0f} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             *_tables.comparison(results, METRICS, BASELINE_OF, seconds)]
+    _tables.write(args.out, lines)
 
 
 if __name__ == "__main__":
