@@ -25,3 +25,25 @@ def mlflow_cwd(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
     os.chdir(old)
+
+
+@pytest.fixture(scope="session")
+def bench():
+    """The tiny digits benchmark (300 training images); a test module may define its own ``bench``."""
+    from orchestrator import benchmarks
+
+    return benchmarks.load("digits", smoke=True)
+
+
+@pytest.fixture
+def small_cnn(bench):
+    """Builds the same seeded, untrained small CNN for ``bench`` on every call."""
+    from orchestrator.backbones import build_classifier
+
+    def make():
+        import torch
+
+        torch.manual_seed(0)
+        return build_classifier("small_cnn", 1, bench.id_train.x.shape[-1], bench.num_classes,
+                                *bench.mean_std())
+    return make

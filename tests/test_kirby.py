@@ -7,24 +7,12 @@ import methods
 from methods.base import Outputs
 from methods.kirby import KirbyScorer, kirby_features
 from methods.outlier_synthesis import diffusion_inpaint, grad_cam, kirby_images
-from orchestrator import benchmarks
-from orchestrator.backbones import build_classifier
 from orchestrator.trainable import TrialSettings, run_trial
 from orchestrator.training import to_float
 
 
-@pytest.fixture(scope="module")
-def bench():
-    return benchmarks.load("digits", smoke=True)
-
-
-def _model(bench):
-    torch.manual_seed(0)
-    return build_classifier("small_cnn", 1, 8, bench.num_classes, *bench.mean_std())
-
-
-def test_grad_cam_is_normalised_and_leaves_the_model_alone(bench):
-    model = _model(bench).train()
+def test_grad_cam_is_normalised_and_leaves_the_model_alone(bench, small_cnn):
+    model = small_cnn().train()
     cam = grad_cam(model, to_float(bench.id_train.x[:6], "cpu"))
     assert cam.shape == (6, 8, 8)
     assert cam.min() >= 0 and cam.max() <= 1
@@ -32,8 +20,8 @@ def test_grad_cam_is_normalised_and_leaves_the_model_alone(bench):
 
 
 @pytest.mark.parametrize("threshold", [0.3, 0.7])
-def test_erases_only_pixels_above_threshold(bench, threshold):
-    model = _model(bench)
+def test_erases_only_pixels_above_threshold(bench, threshold, small_cnn):
+    model = small_cnn()
     x = to_float(bench.id_train.x[:6], "cpu")
     cam = grad_cam(model, x)
     out, erase = kirby_images(model, x, threshold)
@@ -57,8 +45,8 @@ def test_diffusion_inpainting_is_harmonic():
                           torch.full((9,), 0.4))  # started from the mean of the un-erased pixels
 
 
-def test_fit_leaves_weights_unchanged(bench):
-    model = _model(bench).eval()
+def test_fit_leaves_weights_unchanged(bench, small_cnn):
+    model = small_cnn().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = bench.id_train.x[:64]
     with torch.no_grad():

@@ -10,21 +10,9 @@ import torch.nn.functional as F
 import methods
 from methods.oe import OETrainer, oe_penalty
 from methods.outlier_synthesis import ClassSampler, OutlierSource
-from orchestrator import benchmarks
-from orchestrator.backbones import build_classifier
 from orchestrator.benchmarks import Split
 from orchestrator.trainable import TrialSettings, run_trial
 from orchestrator.training import to_float
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return benchmarks.load("digits", smoke=True)
-
-
-def _model(bench):
-    torch.manual_seed(0)
-    return build_classifier("small_cnn", 1, 8, bench.num_classes, *bench.mean_std())
 
 
 def test_penalty_is_cross_entropy_to_uniform():
@@ -35,8 +23,8 @@ def test_penalty_is_cross_entropy_to_uniform():
     assert float(oe_penalty(torch.tensor([[4.0, 0, 0, 0, 0]]))) > math.log(5)
 
 
-def test_loss_is_ce_plus_lambda_penalty(bench):
-    model = _model(bench).eval()
+def test_loss_is_ce_plus_lambda_penalty(bench, small_cnn):
+    model = small_cnn().eval()
     tr = OETrainer({"epochs": 1, "outliers": "gaussian", "oe_lambda": 0.5})
     tr.setup(model, bench)
     x, y = to_float(bench.id_train.x[:8], "cpu"), torch.as_tensor(bench.id_train.y[:8])
@@ -48,15 +36,15 @@ def test_loss_is_ce_plus_lambda_penalty(bench):
     assert float(loss.detach()) == pytest.approx(float((F.cross_entropy(z[:8], y) + 0.5 * oe_penalty(z[8:])).detach()), rel=1e-5)
 
 
-def test_aux_source_needs_an_aux_set(bench):
+def test_aux_source_needs_an_aux_set(bench, small_cnn):
     assert not bench.aux
     with pytest.raises(ValueError, match="auxiliary outlier set"):
-        OETrainer({"epochs": 1, "outliers": "aux"}).setup(_model(bench), bench)
+        OETrainer({"epochs": 1, "outliers": "aux"}).setup(small_cnn(), bench)
     pool = np.full((10, 1, 8, 8), 200, np.uint8)
     with_aux = dataclasses.replace(bench, aux={"flat": Split(pool)})
     src = OutlierSource({"outliers": "aux"})
     src.prepare(with_aux)
-    model = _model(bench)
+    model = small_cnn()
     x = to_float(bench.id_train.x[:4], "cpu")
     out = src.batch(model, x, torch.zeros(4, dtype=torch.long), 1, 1)
     assert torch.allclose(out, model.normalize(torch.full((4, 1, 8, 8), 200 / 255.0)))
@@ -69,8 +57,8 @@ def test_aux_source_needs_an_aux_set(bench):
                                     {"outliers": "ascood", "ood_type": "shuffle"},
                                     {"outliers": "dmr", "dmr_variant": "multiple", "dmr_k": 3},
                                     {"outliers": "dmr", "dmr_variant": "without_dmr", "dmr_k": 3}])
-def test_every_source_gives_one_outlier_per_sample(bench, params):
-    model = _model(bench).train()
+def test_every_source_gives_one_outlier_per_sample(bench, params, small_cnn):
+    model = small_cnn().train()
     src = OutlierSource(params)
     src.prepare(bench)
     x, y = to_float(bench.id_train.x[:6], "cpu"), torch.as_tensor(bench.id_train.y[:6])
@@ -81,7 +69,6 @@ def test_every_source_gives_one_outlier_per_sample(bench, params):
 
 
 def test_pixel_dmr_single_is_mean_image_plus_marginal(bench):
-    model = _model(bench)
     x_all = bench.id_train.x.astype(np.float32) / 255.0
     y_all = bench.id_train.y
     for p, scale in ((0.0, 1.0), (1.0, 3.0)):
