@@ -29,10 +29,13 @@ Every set is located before any is read; whatever is missing is reported in ONE 
 that names each missing set and where it was expected. The ID validation split is 1,000 training images
 (stratified, fixed data seed); the ID test split is the full 10,000-image CIFAR test set. Images become uint8
 (N, 3, 32, 32): grey images are repeated over 3 channels, other sizes are resized like OpenOOD's test
-preprocessing (shorter side to 32, bilinear, then a 32×32 centre crop).
+preprocessing (shorter side to 32, bilinear, then a 32×32 centre crop). Decoded image lists are kept as ``.npy``
+under ``<root>/.oodsweep_arrays/`` (keyed by the list, each image's size and mtime, and the image size), so a
+later sweep reads one array instead of decoding tens of thousands of JPEGs again; a read-only root skips it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
@@ -204,6 +207,43 @@ def load_images(paths: list[Path], size: int = IMAGE_SIZE) -> np.ndarray:
     return out
 
 
+ARRAY_CACHE = ".oodsweep_arrays"
+
+
+def _list_key(paths: list[Path], size: int) -> str:
+    """Changes when an image is added, removed, replaced or touched, or the output size changes."""
+    digest = hashlib.sha256(f"{size}\n".encode())
+    for p in paths:
+        st = p.stat()
+        digest.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def load_images_cached(root: Path, label: str, paths: list[Path], size: int = IMAGE_SIZE) -> np.ndarray:
+    """:func:`load_images`, remembered as ``<root>/.oodsweep_arrays/<label>-<key>.npy`` (written atomically)."""
+    target = root / ARRAY_CACHE / f"{label.replace('/', '_').replace('-', '_')}-{_list_key(paths, size)}.npy"
+    if target.is_file():
+        try:
+            x = np.load(target, allow_pickle=False)
+            if x.shape == (len(paths), 3, size, size) and x.dtype == np.uint8:
+                return x
+        except (OSError, ValueError):
+            pass  # a damaged file: decode again and replace it
+    x = load_images(paths, size)
+    try:
+        target.parent.mkdir(exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, x, allow_pickle=False)
+        os.replace(tmp, target)
+        for stale in target.parent.glob(f"{target.name.rsplit('-', 1)[0]}-*.npy"):  # older versions of this list
+            if stale != target:
+                stale.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only data root: no cache, same arrays
+    return x
+
+
 def _check_imglist(root: Path, rel_list: str) -> tuple[list[Path] | None, str | None]:
     """(image paths, None) when the list and all its images are there, else (None, what is missing)."""
     lst = root / "benchmark_imglist" / rel_list
@@ -303,15 +343,15 @@ def load_openood(id_name: str, data_root: str | None = None, download: bool | No
     frac = min(ID_VAL_SIZE / len(y_tr), 0.5)
     fit, val = _stratified_split(y_tr, (1 - frac, frac), rng)
 
-    def read(kind: str, v) -> Split:
+    def read(name: str, kind: str, v) -> Split:
         if kind == "list":
-            return Split(load_images(v))
+            return Split(load_images_cached(root, f"{id_name}-{name}", v))
         key, folder = v
         if key in ("cifar10", "cifar100"):
             return Split(read_cifar(folder, key, train=False)[0])
         return Split(read_mnist(folder) if key == "mnist" else read_svhn(folder))
 
-    groups = {g: {n: read(*s) for n, s in sets.items()} for g, sets in sources.items()}
+    groups = {g: {n: read(f"{g}-{n}", *s) for n, s in sets.items()} for g, sets in sources.items()}
     return Benchmark(
         name=id_name, num_classes=10 if id_name == "cifar10" else 100,
         id_train=Split(x_tr[fit], y_tr[fit]), id_val=Split(x_tr[val], y_tr[val]), id_test=Split(x_te, y_te),

@@ -188,3 +188,33 @@ def test_image_list_parsing_and_resize(tmp_path):
     Image.fromarray(np.zeros((40, 80), np.uint8)).save(tmp_path / "g.png")  # grey, wide
     img = oo.load_image(tmp_path / "g.png")
     assert img.shape == (3, 32, 32) and img.dtype == np.uint8
+
+
+def test_decoded_image_lists_are_cached_and_invalidated_by_a_changed_image(data_root, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "root"
+    shutil.copytree(data_root, root, ignore=shutil.ignore_patterns(oo.ARRAY_CACHE))
+    first = oo.load_openood("cifar10", str(root), download=False)
+    cached = sorted(p.name.rsplit("-", 1)[0] for p in (root / oo.ARRAY_CACHE).glob("*.npy"))
+    assert cached == ["cifar10_far_places365", "cifar10_far_texture", "cifar10_near_tin", "cifar10_ood_val_tin"]
+
+    def no_decoding(paths, size=32):
+        raise AssertionError("decoded again although nothing changed")
+
+    monkeypatch.setattr(oo, "load_images", no_decoding)
+    again = oo.load_openood("cifar10", str(root), download=False)
+    for name in ("ood_val/tin", "near/tin", "far/texture", "far/places365"):
+        assert np.array_equal(again.splits()[name].x, first.splits()[name].x), name
+    monkeypatch.undo()
+
+    texture = root / "images_classic" / sorted(
+        oo.read_imglist(root / "benchmark_imglist" / "cifar10" / "test_texture.txt"))[0]
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(texture)
+    os.utime(texture, ns=(1, 1))  # a new mtime even on coarse file systems
+    changed = oo.load_openood("cifar10", str(root), download=False)
+    assert (changed.far["texture"].x == 7).all(axis=(1, 2, 3)).sum() == 1
+    assert len(list((root / oo.ARRAY_CACHE).glob("cifar10_far_texture-*.npy"))) == 1  # the old version is gone
