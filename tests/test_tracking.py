@@ -20,6 +20,15 @@ def _final():
             **m.flat()}
 
 
+def _logger(tmp_path, sweep_name="s"):
+    """A trial logger on a fresh SQLite store: (uri, parent sweep run, logger after setup)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = SweepRun(uri, "exp", sweep_name)
+    logger = MLflowTrialLogger(sweep)
+    logger.setup()
+    return uri, sweep, logger
+
+
 def test_resolve_tracking_uri_makes_local_paths_absolute(tmp_path):
     assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert resolve_tracking_uri("sqlite:///x.db", tmp_path) == f"sqlite:///{tmp_path / 'x.db'}"
@@ -29,10 +38,7 @@ def test_resolve_tracking_uri_makes_local_paths_absolute(tmp_path):
 def test_events_survive_a_dropped_server_and_resume_finds_existing_children(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sweep = SweepRun(uri, "exp", "s1")
-    logger = MLflowTrialLogger(sweep)
-    logger.setup()
+    uri, sweep, logger = _logger(tmp_path, "s1")
     t1 = _trial("t1", k=3)
     logger.on_trial_start(0, [], t1)
     working = logger.client
@@ -78,10 +84,7 @@ def test_failed_trial_logs_its_error(tmp_path):
 def test_a_report_standing_for_several_epochs_logs_each_at_its_epoch(tmp_path):
     from orchestrator.trainable import HISTORY_KEY
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sweep = SweepRun(uri, "exp", "s")
-    logger = MLflowTrialLogger(sweep)
-    logger.setup()
+    uri, sweep, logger = _logger(tmp_path)
     t = _trial("t", k=1)
     logger.on_trial_start(0, [], t)
     held = [{"val/auroc": 0.5, "epoch": 1, "epochs": 3}, {"val/auroc": 0.6, "epoch": 2, "epochs": 3}]
