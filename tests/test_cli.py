@@ -17,6 +17,7 @@ def _run(args, cwd):
     (["sweep", "ascood", "--benchmark", "no-such-bench"], "unknown benchmark 'no-such-bench'; known benchmarks: cifar10, cifar100, digits, fashion-mnist"),
     (["sweep", "ascood", "--search-space", "bad.yaml"], "bad.yaml: space.p_inv: low (0.5) is above high (0.01)"),
     (["sweep", "ascood", "--num-samples", "0"], "--num-samples must be at least 1"),
+    (["sweep", "ascood", "--report-seconds", "-1"], "--report-seconds must be 0 or more, got -1.0"),
     (["sweep", "ascood", "--tracking-uri", "http://127.0.0.1:9"], "is not reachable"),
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, message):
