@@ -93,8 +93,11 @@ def test_sweep_survives_a_worker_node_dying(workdir):
 
 
 def test_killed_driver_resumes_without_rerunning_or_duplicating(workdir):
+    # Trials of ~20 epochs (several seconds) so that the kill, 3 s after the first trial ends, lands while the
+    # second is training: a trial that finishes less than Tune's 1-s state snapshot before a SIGKILL is re-run
+    # from its last checkpoint (a documented limit), and short trials made that race part of the test.
     cmd = [sys.executable, "-m", "orchestrator", "sweep", "ascood", "--num-samples", "3", "--max-concurrent", "1",
-           "--epochs", "6", "--name", "resumable", "--no-dashboard", "--num-cpus", "2",
+           "--epochs", "20", "--name", "resumable", "--no-dashboard", "--num-cpus", "2",
            "--cache-dir", str(workdir / "cache")]
     env = {**ENV, "HOME": str(workdir)}
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
