@@ -221,7 +221,8 @@ def _list_key(paths: list[Path], size: int) -> str:
 
 def load_images_cached(root: Path, label: str, paths: list[Path], size: int = IMAGE_SIZE) -> np.ndarray:
     """:func:`load_images`, remembered as ``<root>/.oodsweep_arrays/<label>-<key>.npy`` (written atomically)."""
-    target = root / ARRAY_CACHE / f"{label.replace('/', '_').replace('-', '_')}-{_list_key(paths, size)}.npy"
+    stem = label.replace("/", "_").replace("-", "_")  # no "-": it separates the stem from the key
+    target = root / ARRAY_CACHE / f"{stem}-{_list_key(paths, size)}.npy"
     if target.is_file():
         try:
             x = np.load(target, allow_pickle=False)
@@ -236,7 +237,7 @@ def load_images_cached(root: Path, label: str, paths: list[Path], size: int = IM
         with open(tmp, "wb") as f:
             np.save(f, x, allow_pickle=False)
         os.replace(tmp, target)
-        for stale in target.parent.glob(f"{target.name.rsplit('-', 1)[0]}-*.npy"):  # older versions of this list
+        for stale in target.parent.glob(f"{stem}-*.npy"):  # older versions of this list
             if stale != target:
                 stale.unlink(missing_ok=True)
     except OSError:

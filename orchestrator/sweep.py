@@ -267,12 +267,12 @@ def _scheduler(prep: Prepared):
 
     # Time is the epoch (a report may stand for several, see trainable.ReportPolicy); max_t is one past the last
     # epoch so that no report, the final evaluation included, hits ASHA's "reached max_t: stop" rule.
-    max_t = _max_t(prep)
-    return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=prep.opts.grace_period,
+    return ASHAScheduler(time_attr="epoch", max_t=_max_t(prep), grace_period=prep.opts.grace_period,
                          reduction_factor=prep.opts.reduction_factor)
 
 
 def _max_t(prep: Prepared) -> int:
+    """ASHA's max_t: one past the last epoch (see :func:`_scheduler`)."""
     return int(prep.fixed.get("epochs", prep.bench.recipe.get("epochs", 10))) + 1
 
 
