@@ -15,9 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-import methods
 from methods import register
 from methods.base import Method
+from orchestrator.knobs import Choice, Float, ScorerChoice
 from orchestrator.training import Trainer
 
 OOD_TYPES = ("gradient", "shuffle", "gaussian")
@@ -81,7 +81,8 @@ class ASCOODTrainer(Trainer):
             raise ValueError(f"ascood ood_type must be one of {OOD_TYPES}, got {self.ood_type!r}")
         self.p_inv = float(params.get("p_inv", 0.1))
         self.alpha_max = float(params.get("alpha_max", 300.0))
-        self.alpha_min = float(params.get("alpha_min", params.get("alpha_min_frac", 0.1) * self.alpha_max))
+        alpha_min = params.get("alpha_min")
+        self.alpha_min = float(alpha_min if alpha_min is not None else params.get("alpha_min_frac", 0.1) * self.alpha_max)
         if not 0 < self.p_inv <= 1:
             raise ValueError(f"ascood p_inv must be in (0, 1], got {self.p_inv}")
         if self.alpha_min > self.alpha_max:
@@ -116,14 +117,21 @@ class ASCOODTrainer(Trainer):
 class ASCOOD(Method):
     paper = "Regmi, ASCOOD: Going Beyond Conventional OOD Detection, arXiv 2411.10794"
     head = "zscore"
-    training_knobs = frozenset({"ood_type", "p_inv", "alpha_max", "alpha_min", "alpha_min_frac", "w", "sigma",
-                                "fc_lr_factor"})
+    knobs = (
+        Choice("ood_type", "gradient", OOD_TYPES, network=True, help="how outliers are synthesised"),
+        Float("p_inv", 0.1, gt=0, le=1, network=True, help="fraction of input elements perturbed / shuffled"),
+        Float("alpha_max", 300.0, gt=0, network=True, help="perturbation size α at the first epoch"),
+        Float("alpha_min", None, ge=0, optional=True, network=True,
+              help="α at the last epoch (null: alpha_min_frac · alpha_max)"),
+        Float("alpha_min_frac", 0.1, gt=0, le=1, network=True, help="α_min as a fraction of α_max"),
+        Float("w", 1.0, ge=0, network=True, help="weight of the uniform-KL outlier loss"),
+        Float("sigma", 0.5, gt=0, network=True, help="scale of the z-scored head"),
+        Float("fc_lr_factor", 1.0, gt=0, network=True, help="head learning rate as a fraction of lr"),
+        ScorerChoice("scorer", "msp", help="post-hoc method scoring the trained network (i-ODIN: iodin)"),
+    )
 
     def trainer_class(self):
         return ASCOODTrainer
 
     def scorer(self, params):
-        name = params.get("scorer", "msp")
-        if name == self.name:
-            raise ValueError("ascood's scorer must be a post-hoc method such as msp, energy or iodin")
-        return methods.get(name).scorer(params)
+        return self.delegated_scorer(params)

@@ -1,17 +1,27 @@
 """The interface between the orchestrator and an OOD method.
 
-A :class:`Method` says three things: which knobs change the trained network (so the orchestrator can
-cache and share trained models by config hash), how to train it (a :class:`~orchestrator.training.Trainer`,
-or ``None`` for the shared cross-entropy classifier), and how to score (a :class:`Scorer`).
-Scorers are plain Python objects usable in a notebook: fit on training outputs, then score.
-Every score is an ID-ness score: higher = more in-distribution.
+A :class:`Method` declares its knobs (:mod:`orchestrator.knobs`: type, domain, default, whether it changes the
+network), how to train (a :class:`~orchestrator.training.Trainer`, or ``None`` for the shared cross-entropy
+classifier) and how to score (a :class:`Scorer`). Scorers are plain Python objects usable in a notebook: fit on
+training outputs, then score. Every score is an ID-ness score: higher = more in-distribution.
+
+Scorers are typed by what they read from the classifier (:mod:`orchestrator.models.protocol`):
+:class:`LogitScorer` (logits), :class:`FeatureScorer` (penultimate features, and logits if it wants),
+:class:`FeatureMapScorer` (the last feature map) — all three score cached :class:`Outputs` — and
+:class:`InputGradientScorer` (gradients with respect to the input: it runs the model itself).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+from methods import METHODS
+from orchestrator.knobs import Knob, KnobError, Params, check_value
+from orchestrator.recipe import RECIPE
+from orchestrator.registry import closest
 
 
 @dataclass
@@ -26,33 +36,38 @@ class Outputs:
     def __len__(self) -> int:
         return len(self.logits)
 
-    def subset(self, index) -> "Outputs":
-        pick = lambda a: None if a is None else a[index]  # noqa: E731
+    def subset(self, index) -> Outputs:
+        def pick(a):
+            return None if a is None else a[index]
+
         return Outputs(self.logits[index], self.features[index], pick(self.labels), pick(self.fmap))
 
 
+# ---------------------------------------------------------------------------------------------- scorers
 class Scorer:
-    """Post-hoc OOD scorer. ``needs`` names what it reads: logits, features, fmap, or input (gradients).
+    """Post-hoc OOD scorer. Subclass one of the typed bases below, not this class."""
 
-    Scorers that read only ``Outputs`` implement :meth:`score`; scorers that need gradients with respect
-    to the input (ODIN, i-ODIN, Mahalanobis with ε > 0) set ``needs_input = True`` and implement
-    :meth:`score_inputs`, which the evaluator calls with the model and image batches.
-    """
-
-    needs: ClassVar[frozenset[str]] = frozenset({"logits"})
-    needs_input: ClassVar[bool] = False
     #: True when :meth:`fit` uses training outputs (the evaluator then extracts them).
     needs_fit: ClassVar[bool] = False
-
     #: True when :meth:`fit` also needs the training images (keyword ``images``: uint8 (N, C, H, W)),
     #: e.g. KIRBY, which erases and inpaints them.
     needs_train_images: ClassVar[bool] = False
 
-    def fit(self, train: Outputs, model: Any = None, **extra) -> "Scorer":
+    def fit(self, train: Outputs | None, model: Any = None, **extra) -> Scorer:
         return self
 
+    @property
+    def uses_input_gradients(self) -> bool:
+        """True when this instance scores images through the model (see :class:`InputGradientScorer`)."""
+        return False
+
+    @property
+    def reads_feature_map(self) -> bool:
+        """True when this instance needs :attr:`Outputs.fmap` (see :class:`FeatureMapScorer`)."""
+        return False
+
     def score(self, outputs: Outputs) -> np.ndarray:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not score cached outputs")
 
     def score_inputs(self, model: Any, x: Any) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} scores from cached outputs, not inputs")
@@ -66,15 +81,41 @@ class Scorer:
     def adopt(self, work: Any) -> None:
         pass
 
-
-@dataclass
-class Knobs:
-    """A trial's hyperparameters, split into those that change the network and the post-hoc rest."""
-
-    training: dict[str, Any] = field(default_factory=dict)
-    posthoc: dict[str, Any] = field(default_factory=dict)
+    @property
+    def shares_sweep_work(self) -> bool:
+        return type(self).sweep_work is not Scorer.sweep_work and not self.uses_input_gradients
 
 
+class LogitScorer(Scorer):
+    """Reads :attr:`Outputs.logits` only (MSP, energy, entropy...)."""
+
+
+class FeatureScorer(Scorer):
+    """Reads :attr:`Outputs.features`, the penultimate features h (and may read the logits too: ViM)."""
+
+
+class FeatureMapScorer(Scorer):
+    """Reads :attr:`Outputs.fmap`, the last feature map (N, C, H, W) — extracted only for such scorers (CSD)."""
+
+    @property
+    def reads_feature_map(self) -> bool:
+        return True
+
+
+class InputGradientScorer(Scorer):
+    """Scores images through the model with input gradients (ODIN's perturbation): implements
+    :meth:`score_inputs`, which the evaluator calls with the model and image batches.
+
+    A subclass that also derives from an output-reading base may switch per instance (ODIN with ε = 0 reads cached
+    logits): override :attr:`uses_input_gradients`.
+    """
+
+    @property
+    def uses_input_gradients(self) -> bool:
+        return True
+
+
+# ---------------------------------------------------------------------------------------------- methods
 class Method:
     """One OOD detection method. Subclass, decorate with ``@methods.register("name")``, ship a YAML."""
 
@@ -83,8 +124,9 @@ class Method:
     paper: ClassVar[str] = ""
     #: Set when the implementation substitutes something the paper needs (logged as tag ``substitute``).
     substitute: ClassVar[str | None] = None
-    #: Knobs that change the trained network; every other knob is post-hoc and never triggers training.
-    training_knobs: ClassVar[frozenset[str]] = frozenset()
+    #: Every knob this method's trainer and scorer read, besides the recipe's (``orchestrator.recipe.RECIPE``).
+    #: Write it with literals and module constants: ``list`` reads it from source.
+    knobs: ClassVar[tuple[Knob, ...]] = ()
     #: Head of the classifier: "linear", or "zscore" (ASCOOD's standardised-feature head, knob ``sigma``).
     head: ClassVar[str] = "linear"
     #: True: the trainer fine-tunes the cached cross-entropy classifier (UM, MODE, OAML) instead of
@@ -99,11 +141,69 @@ class Method:
         """The :class:`~orchestrator.training.Trainer` subclass, or None for the shared CE classifier."""
         return None
 
-    def scorer(self, params: dict[str, Any]) -> Scorer:
+    def scorer(self, params: Mapping[str, Any]) -> Scorer:
         raise NotImplementedError
 
-    def split(self, params: dict[str, Any]) -> Knobs:
-        knobs = Knobs()
-        for key, value in params.items():
-            (knobs.training if key in self.training_knobs else knobs.posthoc)[key] = value
-        return knobs
+    # ---- the declared contract
+    @classmethod
+    def own_knobs(cls) -> dict[str, Knob]:
+        return {k.name: k for k in cls.knobs}
+
+    def scorer_knob(self) -> Knob | None:
+        """The knob naming a post-hoc method that scores this method's network (``ScorerChoice``), if any."""
+        return next((k for k in self.knobs if k.kind == "scorer"), None)
+
+    def scorer_choices(self) -> list[str]:
+        """The post-hoc methods this method's scorer knob accepts."""
+        return [n for n in METHODS.names() if n != self.name and not METHODS.load(n)().trains()]
+
+    def declared(self, scorers: Iterable[str] | None = None) -> dict[str, Knob]:
+        """Every knob a configuration of this method may set: the recipe's, its own, and those of the post-hoc
+        methods in ``scorers`` (default: its scorer knob's default) when it delegates scoring to one."""
+        out = {k.name: k for k in RECIPE}
+        out.update(self.own_knobs())
+        knob = self.scorer_knob()
+        if knob is not None:
+            for name in [knob.default] if scorers is None else scorers:
+                if name in METHODS:
+                    for k, v in METHODS.load(name).own_knobs().items():
+                        out.setdefault(k, v)  # own knobs win over the delegate's
+        return out
+
+    def network_knobs(self) -> frozenset[str]:
+        """The knobs that change this method's trained network (the model cache keys on their values)."""
+        return frozenset(k for k, v in self.declared().items() if v.network)
+
+    def check_scorer(self, name: Any) -> str:
+        """``name`` when it is a post-hoc method this method may delegate scoring to; KnobError listing them."""
+        choices = self.scorer_choices()
+        if name not in choices:
+            raise KnobError(f"{self.name}: unknown scorer {name!r}{closest(str(name), choices)} "
+                            f"(valid: {', '.join(choices)})")
+        return name
+
+    def resolve(self, config: Mapping[str, Any], recipe: Mapping[str, Any] | None = None) -> Params:
+        """The :class:`~orchestrator.knobs.Params` of one trial: ``recipe`` (the benchmark's) overridden by
+        ``config``, every value checked against its declaration, every declared knob present (defaults filled).
+        An unknown name or a value outside its domain raises :class:`~orchestrator.knobs.KnobError`."""
+        values = {**(recipe or {}), **config}
+        knob = self.scorer_knob()
+        scorers = None
+        if knob is not None:
+            scorers = [self.check_scorer(values.get(knob.name, knob.default))]
+        declared = self.declared(scorers)
+        for key in list(values):
+            if key not in declared:
+                raise KnobError(f"unknown knob {key!r} for method {self.name}{closest(key, list(declared))}")
+            values[key] = check_value(declared[key], values[key])
+        filled = {name: k.default for name, k in declared.items()}
+        filled.update(values)
+        return Params(filled, declared, owner=f"method {self.name!r}")
+
+    def delegated_scorer(self, params: Mapping[str, Any]) -> Scorer:
+        """The scorer of the post-hoc method that this method's scorer knob names."""
+        knob = self.scorer_knob()
+        if knob is None:
+            raise TypeError(f"method {self.name} declares no scorer knob")
+        return METHODS.load(self.check_scorer(params.get(knob.name, knob.default)))().scorer(params)
+

@@ -5,10 +5,11 @@ import numpy as np
 from scipy.special import logsumexp
 
 from methods import register
-from methods.base import Method, Outputs, Scorer
+from methods.base import LogitScorer, Method, Outputs
+from orchestrator.knobs import Float
 
 
-class EnergyScorer(Scorer):
+class EnergyScorer(LogitScorer):
     def __init__(self, temperature: float = 1.0):
         if temperature <= 0:
             raise ValueError(f"energy temperature must be > 0, got {temperature}")
@@ -22,6 +23,7 @@ class EnergyScorer(Scorer):
 @register("energy")
 class Energy(Method):
     paper = "Liu et al., Energy-based Out-of-distribution Detection, NeurIPS 2020"
+    knobs = (Float("temperature", 1.0, gt=0, help="T in T·logsumexp(z/T)"),)
 
     def scorer(self, params):
-        return EnergyScorer(params.get("temperature", 1.0))
+        return EnergyScorer(params["temperature"])

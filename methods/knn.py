@@ -15,7 +15,8 @@ from numbers import Integral
 import numpy as np
 
 from methods import register
-from methods.base import Method, Outputs, Scorer
+from methods.base import FeatureScorer, Method, Outputs
+from orchestrator.knobs import Int
 
 DEFAULT_K = 50
 #: Sorted neighbour distances are memoised per (bank, queries) this wide, so the next trial of a k sweep in the
@@ -70,8 +71,7 @@ def flat_l2_index(bank: np.ndarray, use_gpu: bool | None = None):
     return index, resources
 
 
-class KnnScorer(Scorer):
-    needs = frozenset({"features"})
+class KnnScorer(FeatureScorer):
     needs_fit = True
 
     def __init__(self, k: int = DEFAULT_K, use_gpu: bool | None = None):
@@ -136,6 +136,7 @@ class KnnScorer(Scorer):
 @register("knn")
 class Knn(Method):
     paper = "Sun et al., Out-of-Distribution Detection with Deep Nearest Neighbors, ICML 2022"
+    knobs = (Int("k", DEFAULT_K, ge=1, help="the k-th nearest training feature (clamped to the bank size)"),)
 
     def scorer(self, params):
-        return KnnScorer(params.get("k", DEFAULT_K))
+        return KnnScorer(params["k"])

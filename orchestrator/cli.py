@@ -63,45 +63,55 @@ def _sweep_parser(sub) -> None:
 
 
 def _cmd_sweep(args) -> int:
-    from orchestrator import sweep
     from orchestrator.errors import UsageError
+    from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
+    from orchestrator.sweep.runner import print_summary, run
 
     if args.resume:
-        prep = sweep.prepare_resume(args.resume, args.storage_path, quiet=args.quiet or None,
-                                    address=args.address, cache_dir=args.cache_dir)
+        prep = prepare_resume(args.resume, args.storage_path, quiet=args.quiet or None,
+                              address=args.address, cache_dir=args.cache_dir)
         if prep.opts.method != args.method:
             raise UsageError(f"sweep {prep.name} ran method {prep.opts.method!r}, not {args.method!r}")
-        result = sweep.run(prep)
-        sweep.print_summary(result, prep.space.metric)
-        return 0 if result.best_matrix is not None else 1
-    opts = sweep.SweepOptions(
-        method=args.method, benchmark=args.benchmark, num_samples=args.num_samples,
-        max_concurrent=args.max_concurrent, epochs=args.epochs, seed=args.seed, name=args.name,
-        tracking_uri=args.tracking_uri, storage_path=args.storage_path, address=args.address,
-        smoke_test=args.smoke_test, search_space=args.search_space, data_root=args.data_root,
-        cache_dir=args.cache_dir, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        num_cpus=args.num_cpus, num_gpus=args.num_gpus, dashboard=not args.no_dashboard,
-        dashboard_host=args.dashboard_host, convention=args.fpr_convention, experiment=args.experiment,
-        max_failures=args.max_failures, scheduler=args.scheduler, grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor, report_seconds=args.report_seconds, objectives=args.objective, seeds=args.seeds,
-        seeds_every_trial=args.seeds_every_trial, figures=not args.no_figures, quiet=args.quiet)
-    prep = sweep.prepare(opts)
-    result = sweep.run(prep)
-    sweep.print_summary(result, prep.space.metric)
+    else:
+        prep = prepare(SweepOptions(
+            method=args.method, benchmark=args.benchmark, num_samples=args.num_samples,
+            max_concurrent=args.max_concurrent, epochs=args.epochs, seed=args.seed, name=args.name,
+            tracking_uri=args.tracking_uri, storage_path=args.storage_path, address=args.address,
+            smoke_test=args.smoke_test, search_space=args.search_space, data_root=args.data_root,
+            cache_dir=args.cache_dir, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+            num_cpus=args.num_cpus, num_gpus=args.num_gpus, dashboard=not args.no_dashboard,
+            dashboard_host=args.dashboard_host, convention=args.fpr_convention, experiment=args.experiment,
+            max_failures=args.max_failures, scheduler=args.scheduler, grace_period=args.grace_period,
+            reduction_factor=args.reduction_factor, report_seconds=args.report_seconds, objectives=args.objective,
+            seeds=args.seeds, seeds_every_trial=args.seeds_every_trial, figures=not args.no_figures,
+            quiet=args.quiet))
+    result = run(prep)
+    print_summary(result, prep.space.metric)
     return 0 if result.best_matrix is not None else 1
 
 
 def _cmd_list(args) -> int:
+    """Everything registered, read from source: no torch, no Ray."""
     import methods
-    from orchestrator import benchmarks, search_space
+    from orchestrator import data, search_space
+    from orchestrator.models import BACKBONES
+    from orchestrator.recipe import RECIPE
 
-    print("Methods (python -m orchestrator sweep <method>):")
+    print("Methods (python -m orchestrator sweep <method>), with their declared knobs:")
     for m in methods.catalog():
         sub = f" [substitute: {m['substitute']}]" if m["substitute"] else ""
         print(f"  {m['name']:<12} {m['kind']:<10} {m['paper']}{sub}")
-    print("\nBenchmarks (--benchmark):")
-    for name, desc in benchmarks.available().items():
+        for knob in m["knobs"]:
+            print(f"      {knob.describe()}")
+    print("\nRecipe knobs (every method; a benchmark sets their values; all retrain):")
+    for knob in RECIPE:
+        print(f"      {knob.describe()}")
+    print("\nBenchmarks (--benchmark, or a custom benchmark YAML):")
+    for name, desc in data.available().items():
         print(f"  {name:<14} {desc}")
+    print("\nBackbones (recipe knob backbone):")
+    for name, entry in BACKBONES.entries().items():
+        print(f"  {name:<14} {entry.info.get('description', '')}")
     print("\nSearch spaces (search_spaces/<method>.yaml):")
     for name in search_space.available():
         try:
@@ -126,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--server", action="store_true",
                     help="run `mlflow server` (REST API for sweeps on other machines) instead of `mlflow ui`")
-    from orchestrator import report
+    from orchestrator.tracking import report
 
     report.add_parser(sub)
     return parser
@@ -137,7 +147,7 @@ def _cmd_ui(args) -> int:
     import subprocess
 
     from orchestrator.errors import UsageError
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tracking.runs import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.errors import UsageError
 
     try:
-        from orchestrator import report
+        from orchestrator.tracking import report
 
         return {"sweep": _cmd_sweep, "list": _cmd_list, "ui": _cmd_ui, "report": report.run}[args.command](args)
     except UsageError as exc:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from methods.base import Outputs, Scorer
-from orchestrator.benchmarks import Benchmark, Split
+from orchestrator.data.base import Benchmark, Split
 from orchestrator.metrics import OODMatrix, ood_matrix, ood_metrics
 from orchestrator.training import to_float
 
@@ -65,14 +65,14 @@ class OutputStore:
 
 def score_split(scorer: Scorer, store: OutputStore, name: str, batch_size: int = 256) -> np.ndarray:
     """ID-ness scores of one split, from cached outputs or, for gradient scorers, from the images."""
-    if scorer.needs_input:
+    if scorer.uses_input_gradients:
         split = store.bench.splits()[name]
         store.model.eval()
         parts = [scorer.score_inputs(store.model, to_float(split.x[s:s + batch_size], store.device))
                  for s in range(0, len(split), batch_size)]
         scores = np.concatenate(parts)
     else:
-        scores = scorer.score(store.get(name, with_fmap="fmap" in scorer.needs))
+        scores = scorer.score(store.get(name, with_fmap=scorer.reads_feature_map))
     scores = np.asarray(scores, dtype=np.float64)
     if not np.isfinite(scores).all():
         raise FloatingPointError(f"{type(scorer).__name__} produced non-finite scores on {name}")
@@ -83,7 +83,7 @@ def fit_scorer(scorer: Scorer, store: OutputStore, max_train: int | None = None)
     """Fit on training outputs (a seeded subsample of at most ``max_train`` when given)."""
     if not scorer.needs_fit:
         return scorer.fit(None, store.model)
-    train = store.get("id_train", with_fmap="fmap" in scorer.needs)
+    train = store.get("id_train", with_fmap=scorer.reads_feature_map)
     index = np.arange(len(train))
     if max_train is not None and len(train) > max_train:
         index = np.sort(np.random.default_rng(0).choice(len(train), max_train, replace=False))

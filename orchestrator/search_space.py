@@ -18,18 +18,34 @@ Format (``search_spaces/<method>.yaml``)::
 Multi-objective: ``metric: [val/auroc, val/acc]`` with ``mode: [max, max]`` (Optuna's multi-objective
 sampler; the sweep reports the Pareto front).
 
-Any knob may be searched or fixed; whether it retrains the network is decided by its name
-(the method's ``training_knobs`` and the recipe keys), never by where it appears.
+Any declared knob may be searched or fixed; whether it retrains the network is decided by its declaration
+(``network=True``, :mod:`orchestrator.knobs`), never by where it appears. :func:`check_against` checks a space
+against the method's declared knobs (names, types, domains, scorer names) and :func:`check_objectives` its
+objectives against what trials report — both before anything runs.
+
+The bundled files ship inside the installed package (``search_spaces`` is a package of YAML data, read through
+:mod:`importlib.resources`); a user's own file is read by path (``--search-space FILE``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+from orchestrator.knobs import KnobError, check_searched, check_value
+from orchestrator.registry import closest
+
+if TYPE_CHECKING:
+    from methods.base import Method
+
+#: The package holding the bundled ``<method>.yaml`` files.
+BUNDLED = "search_spaces"
+#: What every trial reports for the validation sets (``orchestrator.evaluation.validate``): the only metrics a
+#: sweep may optimise. Test-set metrics are reported, never optimised on.
+OBJECTIVES = ("val/auroc", "val/aupr_in", "val/aupr_out", "val/fpr95", "val/acc")
 _TOP_KEYS = {"description", "metric", "mode", "budget", "space", "fixed", "smoke", "resources"}
 _RESOURCE_KEYS = {"cpu", "gpu"}
 _BUDGET_KEYS = {"num_samples", "max_concurrent"}
@@ -199,13 +215,20 @@ def parse_objectives(metric: Any, mode: Any, path: str = "<search space>") -> li
     return list(zip(metrics, modes))
 
 
+def bundled(method: str):
+    """The bundled YAML of ``method`` (a Traversable inside the installed package)."""
+    return resources.files(BUNDLED).joinpath(f"{method}.yaml")
+
+
 def load(method: str, path: str | Path | None = None) -> SearchSpace:
-    """The search space of ``method`` (``search_spaces/<method>.yaml`` unless ``path`` is given)."""
-    path = Path(path) if path else SEARCH_SPACE_DIR / f"{method}.yaml"
-    if not path.is_file():
-        raise SearchSpaceError(f"{path}: no search-space file for method {method!r}")
+    """The search space of ``method``: the bundled ``search_spaces/<method>.yaml`` unless ``path`` is given."""
+    file = Path(path) if path else bundled(method)
+    shown = str(path) if path else f"search_spaces/{method}.yaml"
+    if not file.is_file():
+        raise SearchSpaceError(f"{shown}: no search-space file for method {method!r}")
+    path = shown
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SearchSpaceError(f"{path}: not valid YAML ({first})") from None
@@ -213,4 +236,48 @@ def load(method: str, path: str | Path | None = None) -> SearchSpace:
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in SEARCH_SPACE_DIR.glob("*.yaml"))
+    """Methods with a bundled search space."""
+    return sorted(p.name[:-len(".yaml")] for p in resources.files(BUNDLED).iterdir() if p.name.endswith(".yaml"))
+
+
+def check_objectives(objectives: list[tuple[str, str]], where: str) -> None:
+    """Every objective must be a metric that trials report on the validation sets."""
+    for metric, _ in objectives:
+        if metric not in OBJECTIVES:
+            test = " (test-set metrics are reported, never optimised on)" if not metric.startswith("val/") else ""
+            _fail(where, f"objective {metric!r} is not reported by any trial{closest(metric, list(OBJECTIVES))}"
+                         f"{test}; reported: {', '.join(OBJECTIVES)}")
+
+
+def check_against(space: SearchSpace, method: Method) -> None:
+    """Every searched and fixed knob (the smoke block's too) must be declared by ``method`` — or by the post-hoc
+    method its scorer knob names — with a value or range inside the declared domain."""
+    scorer_knob = method.scorer_knob()
+    scorers = None
+    if scorer_knob is not None:
+        searched = next((k for k in space.knobs if k.name == scorer_knob.name), None)
+        scorers = searched.choices if searched else [
+            space.fixed.get(scorer_knob.name, space.smoke.get(scorer_knob.name, scorer_knob.default))]
+        for name in scorers:
+            try:
+                method.check_scorer(name)
+            except KnobError as exc:
+                _fail(space.path, str(exc))
+    declared = method.declared(scorers)
+    budget = {"num_samples", "max_concurrent"}
+    entries = [("space", k.name) for k in space.knobs] + [("fixed", k) for k in space.fixed] + [
+        ("smoke", k) for k in space.smoke if k not in budget]
+    for section, name in entries:
+        if name not in declared:
+            _fail(space.path, f"{section}.{name}: unknown knob {name!r} for method {method.name}"
+                              f"{closest(name, list(declared))} (declared: {', '.join(sorted(declared))})")
+    try:
+        for knob in space.knobs:
+            check_searched(declared[knob.name], knob.type, knob.low, knob.high, knob.choices,
+                           f"space.{knob.name}")
+        for section, values in (("fixed", space.fixed), ("smoke", space.smoke)):
+            for name, value in values.items():
+                if name not in budget:
+                    check_value(declared[name], value, f"{section}.{name}")
+    except KnobError as exc:
+        _fail(space.path, str(exc))

@@ -1,8 +1,8 @@
 """Epoch-by-epoch supervised training. Methods that train subclass :class:`Trainer` and change
 :meth:`Trainer.loss` (and, where the paper does, :meth:`Trainer.param_groups`).
 
-Recipe knobs shared by every trainer: epochs, lr, batch_size, momentum, weight_decay, nesterov
-(SGD with cosine annealing per step, as OpenOOD trains its CIFAR baselines). A fine-tuning trainer
+Every trainer reads the recipe knobs (:data:`orchestrator.recipe.RECIPE`: epochs, lr, batch_size, momentum,
+weight_decay, nesterov; SGD with cosine annealing per step, as OpenOOD trains its CIFAR baselines). A fine-tuning trainer
 (UM, MODE, OAML...) subclasses :class:`FineTuner`: it starts from the cached cross-entropy classifier and reads
 its own ``finetune_epochs`` / ``finetune_lr`` knobs, so the recipe keeps describing the base network.
 """
@@ -15,12 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-RECIPE_KNOBS = frozenset({"backbone", "epochs", "lr", "batch_size", "momentum", "weight_decay", "nesterov"})
-
-
 def to_float(x_uint8: np.ndarray | torch.Tensor, device) -> torch.Tensor:
     """uint8 images → float tensor in [0, 1] on ``device``, channels-last (the models' layout: on a 2-core CPU
-    it makes the small CNN's forward ~3x and its training step ~1.4x faster; see benchmarks/system_speed.py)."""
+    it makes the small CNN's forward ~3x and its training step ~1.4x faster; see scripts/system_speed.py)."""
     t = torch.as_tensor(x_uint8)
     return t.to(device, non_blocking=True).float().div_(255.0).contiguous(memory_format=torch.channels_last)
 

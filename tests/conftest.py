@@ -30,7 +30,7 @@ def mlflow_cwd(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bench():
     """The tiny digits benchmark (300 training images); a test module may define its own ``bench``."""
-    from orchestrator import benchmarks
+    from orchestrator import data as benchmarks
 
     return benchmarks.load("digits", smoke=True)
 
@@ -38,7 +38,7 @@ def bench():
 @pytest.fixture
 def small_cnn(bench):
     """Builds the same seeded, untrained small CNN for ``bench`` on every call."""
-    from orchestrator.backbones import build_classifier
+    from orchestrator.models.backbones import build_classifier
 
     def make():
         import torch

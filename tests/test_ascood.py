@@ -5,7 +5,7 @@ import torch
 
 from methods.ascood import (ASCOODTrainer, alpha_at, gradient_outliers, saliency, shuffle_outliers,
                             uniform_kl)
-from orchestrator.backbones import build_classifier
+from orchestrator.models.backbones import build_classifier
 
 
 def _model(seed=0, classes=3):

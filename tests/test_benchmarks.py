@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator import benchmarks
+from orchestrator import data as benchmarks
 
 
 def _rows(split):

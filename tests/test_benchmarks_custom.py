@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator import benchmarks
-from orchestrator.benchmarks_custom import CustomBenchmarkError, is_custom, load_custom
+from orchestrator import data as benchmarks
+from orchestrator.data import is_custom
+from orchestrator.data.custom import CustomBenchmarkError, load_custom
 
 
 def _png(path: Path, arr: np.ndarray):

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator import benchmarks, benchmarks_openood as oo
+from orchestrator import data as benchmarks
+from orchestrator.data import openood as oo
 
 N_TRAIN_PER_BATCH, N_TEST = 12, 20
 

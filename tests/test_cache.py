@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from orchestrator import benchmarks
+from orchestrator import data as benchmarks
 from orchestrator.cache import ModelCache, config_key
-from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator.trial import TrialSettings, run_trial
 
 
 def test_config_key_ignores_order_and_changes_with_values():

@@ -7,9 +7,9 @@ import methods
 from methods.base import Outputs
 from methods.dmr import DMRScorer
 from methods.outlier_synthesis import DMRSynthesizer, train_rejection_head
-from orchestrator import benchmarks
+from orchestrator import data as benchmarks
 from orchestrator.metrics import ood_metrics
-from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator.trial import TrialSettings, run_trial
 
 
 def _features(n_per=60, classes=4, dim=16, seed=0):

@@ -27,7 +27,7 @@ def _runs(db: Path):
 
 
 def _opts(workdir, **kw):
-    from orchestrator.sweep import SweepOptions
+    from orchestrator.sweep.prepare import SweepOptions
 
     base = dict(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}", storage_path=str(workdir / "results"),
                 cache_dir=str(workdir / "cache"), dashboard=False, quiet=True)
@@ -37,14 +37,16 @@ def _opts(workdir, **kw):
 def test_a_trial_that_raises_fails_alone_and_its_error_reaches_mlflow(workdir):
     import ray
 
-    from orchestrator import sweep
+    from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
+    from orchestrator.sweep.runner import print_summary
+    from orchestrator.sweep.runner import run as run_sweep
 
     (workdir / "bad.yaml").write_text("space:\n  temperature: {type: categorical, choices: [-1.0, 1.0]}\n"
                                       "budget: {num_samples: 6, max_concurrent: 2}\n")
     try:
-        prep = sweep.prepare(_opts(workdir, method="energy", smoke_test=True, search_space=str(workdir / "bad.yaml"),
+        prep = prepare(_opts(workdir, method="energy", smoke_test=True, search_space=str(workdir / "bad.yaml"),
                                    num_samples=6, num_cpus=2, max_failures=0))
-        res = sweep.run(prep)
+        res = run_sweep(prep)
     finally:
         ray.shutdown()
     parents, children = _runs(workdir / "mlflow.db")
@@ -61,7 +63,9 @@ def test_sweep_survives_a_worker_node_dying(workdir):
     import ray
     from ray.cluster_utils import Cluster
 
-    from orchestrator import sweep
+    from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
+    from orchestrator.sweep.runner import print_summary
+    from orchestrator.sweep.runner import run as run_sweep
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 100 * 2**20})
     workers = [cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20) for _ in range(2)]
@@ -79,9 +83,9 @@ def test_sweep_survives_a_worker_node_dying(workdir):
     killer = threading.Thread(target=kill_when_checkpointed, daemon=True)
     killer.start()
     try:
-        prep = sweep.prepare(_opts(workdir, method="ascood", address=cluster.address, num_samples=3,
+        prep = prepare(_opts(workdir, method="ascood", address=cluster.address, num_samples=3,
                                    max_concurrent=2, epochs=8, max_failures=3))
-        res = sweep.run(prep)
+        res = run_sweep(prep)
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import figures, sweep
+from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
+from orchestrator.sweep.runner import print_summary
+from orchestrator.sweep.runner import run as run_sweep
+from orchestrator.tracking import figures
 from orchestrator.metrics import OODMatrix, ood_matrix
-from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator.trial import TrialSettings, run_trial
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -25,7 +28,7 @@ def trial(tmp_path_factory):
     """A prepared energy smoke sweep and one real trial of it (trains the tiny classifier once, into the cache)."""
     tmp = tmp_path_factory.mktemp("figures")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    prep = sweep.prepare(sweep.SweepOptions(method="energy", smoke_test=True, dashboard=False, tracking_uri=uri,
+    prep = prepare(SweepOptions(method="energy", smoke_test=True, dashboard=False, tracking_uri=uri,
                                             storage_path=str(tmp / "ray"), cache_dir=str(tmp / "cache"), quiet=True))
     config = {**prep.fixed, "temperature": 2.0}
     settings = TrialSettings(method="energy", seed=0, cache_dir=str(tmp / "cache"),

@@ -7,7 +7,7 @@ import methods
 from methods.base import Outputs
 from methods.kirby import KirbyScorer, kirby_features
 from methods.outlier_synthesis import diffusion_inpaint, grad_cam, kirby_images
-from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator.trial import TrialSettings, run_trial
 from orchestrator.training import to_float
 
 

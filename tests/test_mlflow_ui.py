@@ -45,16 +45,19 @@ def swept(tmp_path_factory):
     """A real energy smoke sweep with per-trial heatmaps and the sweep's figures."""
     import ray
 
-    from orchestrator import figures, sweep
+    from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
+    from orchestrator.sweep.runner import print_summary
+    from orchestrator.sweep.runner import run as run_sweep
+from orchestrator.tracking import figures
     from orchestrator.metrics import OODMatrix
 
     tmp = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     try:
-        prep = sweep.prepare(sweep.SweepOptions(method="energy", name="ui-smoke", smoke_test=True, dashboard=False,
+        prep = prepare(SweepOptions(method="energy", name="ui-smoke", smoke_test=True, dashboard=False,
                                                 tracking_uri=uri, storage_path=str(tmp / "ray"),
                                                 cache_dir=str(tmp / "cache"), quiet=True, num_cpus=2))
-        result = sweep.run(prep)
+        result = run_sweep(prep)
     finally:
         ray.shutdown()
     assert result.best_matrix is not None

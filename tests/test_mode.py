@@ -130,7 +130,7 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     import torch
     sys.path.insert(0, sys.argv[1])
     from methods.mode import ALPAProjectors, alpa_chunk_bytes, alpa_chunk_size, alpa_loss, augment
-    from orchestrator.backbones import build_classifier
+    from orchestrator.models.backbones import build_classifier
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = build_classifier("resnet18", 3, 32, 10, [0.5] * 3, [0.25] * 3).train()
@@ -178,8 +178,8 @@ def test_alpa_batch64_cifar_resnet18_fits_in_4gib():
 
 
 def test_end_to_end_trial_on_digits(tmp_path):
-    from orchestrator import benchmarks
-    from orchestrator.trainable import TrialSettings, run_trial
+    from orchestrator import data as benchmarks
+    from orchestrator.trial import TrialSettings, run_trial
 
     bench = benchmarks.load("digits", smoke=True)
     config = {"epochs": 1, "finetune_epochs": 1, "variant": "mode_t", "k": 5, "batch_size": 32}
@@ -197,8 +197,8 @@ def test_end_to_end_trial_on_digits(tmp_path):
 
 
 def test_trainer_extra_state_round_trip():
-    from orchestrator import benchmarks
-    from orchestrator.backbones import build_classifier
+    from orchestrator import data as benchmarks
+    from orchestrator.models.backbones import build_classifier
 
     bench = benchmarks.load("digits", smoke=True)
     model = build_classifier("small_cnn", 1, 8, bench.num_classes, [0.3], [0.4])

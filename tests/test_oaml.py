@@ -122,8 +122,8 @@ def test_method_is_labelled_as_a_substitute_and_scores_energy():
 
 
 def test_end_to_end_trial_self_teacher(tmp_path):
-    from orchestrator import benchmarks
-    from orchestrator.trainable import TrialSettings, run_trial
+    from orchestrator import data as benchmarks
+    from orchestrator.trial import TrialSettings, run_trial
 
     bench = benchmarks.load("digits", smoke=True)
     config = {"epochs": 1, "finetune_epochs": 1, "teacher": "self", "candidates": 50, "pool_samples": 200}
@@ -133,8 +133,8 @@ def test_end_to_end_trial_self_teacher(tmp_path):
 
 
 def test_trainer_extras_are_trained_and_checkpointed():
-    from orchestrator import benchmarks
-    from orchestrator.backbones import build_classifier
+    from orchestrator import data as benchmarks
+    from orchestrator.models.backbones import build_classifier
 
     bench = benchmarks.load("digits", smoke=True)
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import methods
 from methods.oe import OETrainer, oe_penalty
 from methods.outlier_synthesis import ClassSampler, OutlierSource
-from orchestrator.benchmarks import Split
-from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator.data.base import Split
+from orchestrator.trial import TrialSettings, run_trial
 from orchestrator.training import to_float
 
 

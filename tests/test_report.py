@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import report, seeds, sweep
+from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
+from orchestrator.sweep.runner import print_summary
+from orchestrator.sweep.runner import run as run_sweep
+from orchestrator.sweep import seeds
+from orchestrator.tracking import report
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +34,12 @@ def store(tmp_path_factory):
     runs = {}
     try:
         for key, method, seed in (("energy0", "energy", 0), ("energy1", "energy", 1)):
-            opts = sweep.SweepOptions(method=method, seed=seed, name=f"{key}-sweep", smoke_test=True, dashboard=False,
+            opts = SweepOptions(method=method, seed=seed, name=f"{key}-sweep", smoke_test=True, dashboard=False,
                                       tracking_uri=uri, storage_path=str(tmp / "ray"), cache_dir=str(tmp / "cache"),
                                       quiet=True, num_cpus=2)
-            prep = sweep.prepare(opts)
+            prep = prepare(opts)
             started = time.time()
-            runs[key] = (prep, sweep.run(prep))
+            runs[key] = (prep, run_sweep(prep))
             print(f"{key}: {time.time() - started:.1f} s")
             assert runs[key][1].best_matrix is not None
         prep, result = runs["energy0"]

@@ -2,8 +2,8 @@
 import pytest
 from ray.tune.schedulers import ASHAScheduler
 
-from orchestrator.sweep import asha_milestones
-from orchestrator.trainable import ReportPolicy
+from orchestrator.sweep.scheduling import asha_milestones
+from orchestrator.sweep.trainable import ReportPolicy
 
 
 def test_report_is_due_at_milestones_the_last_epoch_and_after_the_interval():

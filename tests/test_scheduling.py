@@ -6,8 +6,12 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from orchestrator import sweep
-from orchestrator.sweep import SweepOptions, UsageError, pareto_front
+from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
+from orchestrator.sweep.runner import print_summary
+from orchestrator.sweep.runner import run as run_sweep
+from orchestrator.errors import UsageError
+from orchestrator.sweep.prepare import SweepOptions
+from orchestrator.sweep.scheduling import pareto_front
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +26,7 @@ def local_ray():
 def _run(tmp_path, **kw):
     opts = SweepOptions(**{**dict(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", storage_path=str(tmp_path / "r"),
                                   cache_dir=str(tmp_path / "cache"), dashboard=False, quiet=True, smoke_test=True), **kw})
-    res = sweep.run(sweep.prepare(opts))
+    res = run_sweep(prepare(opts))
     client = MlflowClient(tracking_uri=opts.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("oodsweep").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -79,12 +83,12 @@ def test_fractional_gpus_schedule_two_trials_on_one_gpu(tmp_path):
 
 def test_multi_objective_refuses_a_scheduler():
     with pytest.raises(UsageError, match="multi-objective"):
-        sweep.prepare(SweepOptions(method="energy", smoke_test=True, scheduler="asha",
+        prepare(SweepOptions(method="energy", smoke_test=True, scheduler="asha",
                                    objectives=["val/auroc", "val/acc"]))
 
 
 def test_knn_sweep_trains_one_classifier_and_extracts_features_once(tmp_path):
-    from orchestrator import benchmarks
+    from orchestrator import data as benchmarks
     from orchestrator.cache import ModelCache
 
     res, client, parent, children = _run(tmp_path, method="knn", num_samples=6, max_concurrent=2)

@@ -23,7 +23,7 @@ from methods.energy import EnergyScorer
 from methods.odin import OdinScorer
 from methods.vim import VimScorer
 from orchestrator import search_space
-from orchestrator.backbones import LinearHead, build_classifier
+from orchestrator.models.backbones import LinearHead, build_classifier
 
 MINE = ("maxlogit", "entropy", "klmatching", "odin", "iodin", "mahalanobis", "vim", "knn")
 

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 from mlflow.tracking import MlflowClient
 
 from orchestrator.metrics import ood_matrix
-from orchestrator.tracking import MLflowTrialLogger, SweepRun, resolve_tracking_uri
+from orchestrator.tracking.callback import MLflowTrialLogger
+from orchestrator.tracking.runs import SweepRun, resolve_tracking_uri
 
 
 def _trial(tid, **config):

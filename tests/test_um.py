@@ -6,9 +6,9 @@ import torch.nn.functional as F
 
 import methods
 from methods.um import UMTrainer, estimate_floor, floor_loss, masked_layers, mean_ce, random_mask_
-from orchestrator import benchmarks
-from orchestrator.backbones import build_classifier
-from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator import data as benchmarks
+from orchestrator.models.backbones import build_classifier
+from orchestrator.trial import TrialSettings, run_trial
 
 
 def _model(seed=0):

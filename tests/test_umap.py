@@ -8,9 +8,9 @@ import torch
 import methods
 from methods.um import masked_layers
 from methods.umap import TopKMask, UMAPTrainer, kept_count, topk_mask
-from orchestrator import benchmarks
-from orchestrator.backbones import build_classifier
-from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator import data as benchmarks
+from orchestrator.models.backbones import build_classifier
+from orchestrator.trial import TrialSettings, run_trial
 
 
 def _model(seed=0):

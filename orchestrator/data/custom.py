@@ -64,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.benchmarks import DATA_SEED, Benchmark, DataUnavailable, Split, _stratified_split, is_custom  # noqa: F401
+from orchestrator.data.base import DATA_SEED, Benchmark, DataUnavailable, Split, stratified_split
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 TOP_KEYS = {"name", "image_size", "channels", "resize", "seed", "num_classes", "id", "ood_val", "near", "far", "recipe"}
@@ -539,7 +539,7 @@ def load_custom(path: str | os.PathLike, data_root: str | None = None) -> Benchm
     if carved:
         rng = np.random.default_rng(seed)
         fr = [fractions[p] for p in carved]
-        parts = _stratified_split(y["train"], tuple([1 - sum(fr)] + fr), rng)
+        parts = stratified_split(y["train"], tuple([1 - sum(fr)] + fr), rng)
         xt, yt = x["train"], y["train"]
         x["train"], y["train"] = xt[parts[0]], yt[parts[0]]
         for p, idx in zip(carved, parts[1:]):

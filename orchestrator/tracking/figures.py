@@ -88,7 +88,7 @@ def log_trial_figures(client, run_id: str, matrix: OODMatrix) -> None:
 
 
 # ---------------------------------------------------------------- the best trial's scores
-def best_scores(prep, config: dict[str, Any]) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
+def best_scores(prep, config: dict[str, Any], settings) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
     """ID-test scores and {ood set: (group, scores)} of ``config``, recomputed on the driver.
 
     The network comes from the model cache (trained here only when this machine cannot see the cache the
@@ -96,21 +96,16 @@ def best_scores(prep, config: dict[str, Any]) -> tuple[np.ndarray, dict[str, tup
     """
     import functools
 
-    import torch
-
     import methods
     from orchestrator.cache import ModelCache
     from orchestrator.evaluation import OutputStore, fit_scorer, score_split
-    from orchestrator.trainable import TrialSettings, _seed, obtain_model
     from orchestrator.training import pick_device
+    from orchestrator.trial import obtain_model, seed_everything, trial_params
 
     opts, bench = prep.opts, prep.bench
     method = methods.get(opts.method)
-    settings = TrialSettings(method=method.name, seed=opts.seed, cache_dir=opts.cache_dir,
-                             convention=opts.convention, threads=torch.get_num_threads(),
-                             data_fingerprint=bench.fingerprint())
-    _seed(settings)
-    params = {**bench.recipe, **config}
+    seed_everything(settings)
+    params = trial_params(method, config, bench)
     device = pick_device()
     cache = ModelCache(opts.cache_dir)
     model, key, _ = obtain_model(method, params, bench, settings, device, cache)
@@ -199,8 +194,7 @@ def study_from_runs(client, parent_run_id: str, space, fixed: dict[str, Any] | N
     """
     import optuna
 
-    from orchestrator.seeds import SEED_REPEAT_TAG, typed_config
-    from orchestrator.tracking import TRIAL_TAG
+    from orchestrator.tracking.runs import SEED_REPEAT_TAG, TRIAL_TAG, typed_config
 
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
@@ -267,21 +261,22 @@ def _fit(fig):
 
 
 # ---------------------------------------------------------------- the sweep
-def log_sweep_figures(prep, result, client=None) -> list[str]:
+def log_sweep_figures(prep, result, client=None, settings=None) -> list[str]:
     """Log the sweep's figures to its parent run (see the module doc); returns notes on what was skipped.
 
     Never raises for a figure: a failure becomes a note (a sweep's results matter more than its pictures).
     """
-    from orchestrator import tracking
+    from orchestrator.tracking.runs import client_for
 
-    client = client or tracking.client_for(result.tracking_uri)
+    client = client or client_for(result.tracking_uri)
+    settings = settings or prep.trial_settings()
     run_id = result.parent_run_id
     notes: list[str] = []
     if result.best_matrix is not None:
         try:
             _log(client, run_id, heatmap_figure(result.best_matrix, "Best trial: OOD metric matrix (%)"),
                  "figures/best_ood_matrix_heatmap.png")
-            s_id, ood = best_scores(prep, result.best_config)
+            s_id, ood = best_scores(prep, result.best_config, settings)
             label = f"{prep.opts.method} on {prep.bench.name}, best configuration (test sets)"
             _log(client, run_id, histogram_figure(s_id, ood, label), "figures/best_score_histograms.png")
             _log(client, run_id, roc_figure(s_id, ood, f"ROC: {label}"), "figures/best_roc_curves.png")

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _sweep_opts(work: Path, **kw):
-    from orchestrator.sweep import SweepOptions
+    from orchestrator.sweep.prepare import SweepOptions
 
     # figures off: the end-of-sweep plots are a fixed cost, not part of running trials
     return SweepOptions(**{**dict(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", storage_path=str(work / "r"),
@@ -39,8 +39,8 @@ def _epochs_for(seconds: float) -> int:
     a fixed part (fits, final evaluation) plus a per-epoch part; both are measured (1 vs 5 epochs)."""
     import torch
 
-    from orchestrator import benchmarks
-    from orchestrator.trainable import TrialSettings, run_trial
+    from orchestrator import data as benchmarks
+    from orchestrator.trial import TrialSettings, run_trial
 
     torch.set_num_threads(1)
     bench = benchmarks.load("digits")
@@ -60,8 +60,8 @@ def _epochs_for(seconds: float) -> int:
 _LOOP = """
 import json, sys, tempfile, time
 t0 = time.perf_counter()
-from orchestrator import benchmarks
-from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator import data as benchmarks
+from orchestrator.trial import TrialSettings, run_trial
 
 def same_work_as_tune(metrics, save_checkpoint):  # per-epoch validation (run_trial does it) + a checkpoint
     with tempfile.TemporaryDirectory() as folder:
@@ -87,18 +87,20 @@ def overhead(n: int, seconds: float, report_seconds: list[float]) -> None:
 
     import ray
 
-    from orchestrator import sweep
+    from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
+    from orchestrator.sweep.runner import print_summary
+    from orchestrator.sweep.runner import run as run_sweep
     from orchestrator.search_space import load
 
     epochs = _epochs_for(seconds)
     swept: dict[float, tuple[float, float]] = {}
     for every in report_seconds:  # the same sweep (same seed, same configurations) per reporting interval
         work = Path(tempfile.mkdtemp())
-        prep = sweep.prepare(_sweep_opts(work, method="ascood", num_samples=n, max_concurrent=1, epochs=epochs,
+        prep = prepare(_sweep_opts(work, method="ascood", num_samples=n, max_concurrent=1, epochs=epochs,
                                          cpus_per_trial=1, report_seconds=every))
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
         t0 = time.perf_counter()
-        res = sweep.run(prep)
+        res = run_sweep(prep)
         wall = time.perf_counter() - t0
         ray.shutdown()
         in_trials = sum(json.loads(f.read_text().splitlines()[-1])["time_total_s"]
@@ -128,17 +130,19 @@ def overhead(n: int, seconds: float, report_seconds: list[float]) -> None:
 def parallel() -> None:
     import ray
 
-    from orchestrator import sweep
+    from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
+    from orchestrator.sweep.runner import print_summary
+    from orchestrator.sweep.runner import run as run_sweep
 
     work = Path(tempfile.mkdtemp())
     epochs = _epochs_for(15)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     times = {}
     for conc in (1, 2):
-        prep = sweep.prepare(_sweep_opts(work / str(conc), method="ascood", num_samples=4, max_concurrent=conc,
+        prep = prepare(_sweep_opts(work / str(conc), method="ascood", num_samples=4, max_concurrent=conc,
                                          epochs=epochs, cpus_per_trial=1, seed=1))
         t0 = time.perf_counter()
-        sweep.run(prep)
+        run_sweep(prep)
         times[conc] = time.perf_counter() - t0
     ray.shutdown()
     print(f"[parallel] 4 ascood trials ({epochs} epochs, 1 thread each): sequential {times[1]:.1f} s, "
@@ -148,8 +152,8 @@ def parallel() -> None:
 def evaluation(device: str = "cpu") -> None:
     import torch
 
-    from orchestrator import benchmarks
-    from orchestrator.backbones import build_classifier
+    from orchestrator import data as benchmarks
+    from orchestrator.models.backbones import build_classifier
     from orchestrator.evaluation import OutputStore
 
     import dataclasses
@@ -246,7 +250,7 @@ def gpu() -> None:
     if not torch.cuda.is_available():
         print("[gpu] no CUDA device: skipped")
         return
-    from orchestrator.backbones import build_classifier
+    from orchestrator.models.backbones import build_classifier
     from orchestrator.training import Trainer
 
     model = build_classifier("resnet18", 3, 32, 10, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]).cuda()
@@ -261,7 +265,7 @@ def gpu() -> None:
     torch.cuda.synchronize()
     t_epoch = time.perf_counter() - t0
     from orchestrator.evaluation import extract
-    from orchestrator.benchmarks import Split
+    from orchestrator.data.base import Split
 
     t0 = time.perf_counter()
     extract(model, Split(x[:10_000], y[:10_000]), "cuda")

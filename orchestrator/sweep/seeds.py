@@ -1,6 +1,6 @@
 """Seed repeats (``sweep --seeds N``): re-run the best configuration (or every trial's) with other seeds.
 
-Each repeat is :func:`orchestrator.trainable.run_trial` with ``TrialSettings.seed`` = 1..N (a seed equal to the
+Each repeat is :func:`orchestrator.trial.run_trial` with ``TrialSettings.seed`` = 1..N (a seed equal to the
 sweep's own ``--seed`` is not re-run: the sweep's best trial already is that sample). The seed sets network
 initialisation and data order, so a repeat trains its own network — once: the model cache keys on the seed,
 so a second ``--seeds`` pass, or a post-hoc method sharing that seed's classifier, costs only scoring.
@@ -19,32 +19,14 @@ from typing import Any
 import numpy as np
 
 from orchestrator.metrics import OODMatrix
+from orchestrator.tracking import runs
+from orchestrator.trial import TrialSettings, run_trial
 
-SEED_REPEAT_TAG = "oodsweep.seed_repeat"
-SOURCE_TRIAL_TAG = "oodsweep.source_trial_id"
 #: Metrics summarised on the parent as ``seeds/<metric>_mean`` and ``seeds/<metric>_std``.
 SEED_METRICS = ("near/auroc", "far/auroc", "near/fpr95", "far/fpr95", "id/acc")
 
 
-def typed_config(space, fixed: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
-    """A trial's config back from its MLflow params (strings), typed by the search space and fixed values."""
-    config = dict(fixed)
-    for knob in space.knobs:
-        if knob.name not in params:
-            continue
-        raw = params[knob.name]
-        if knob.type == "categorical":
-            config[knob.name] = next((c for c in knob.choices if str(c) == raw), raw)
-        elif knob.type == "int":
-            config[knob.name] = int(float(raw))
-        else:
-            config[knob.name] = float(raw)
-    return config
-
-
 def _one(config: dict[str, Any], bench, settings: dict[str, Any]) -> dict[str, Any]:
-    from orchestrator.trainable import TrialSettings, run_trial
-
     return run_trial(config, bench, TrialSettings(**settings))
 
 
@@ -56,15 +38,13 @@ def _trial_configs(prep, result, client, every_trial: bool) -> list[tuple[str, d
     best_id = _best_trial_id(result, client.get_run(result.parent_run_id))
     configs = [(best_id, dict(result.best_config))]
     if every_trial:
-        from orchestrator.tracking import TRIAL_TAG
-
         parent = client.get_run(result.parent_run_id)
         runs = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'", max_results=5000)
         for r in sorted(runs, key=lambda r: r.info.start_time):
-            tid = r.data.tags.get(TRIAL_TAG)
-            if tid and tid != best_id and r.data.tags.get(SEED_REPEAT_TAG) != "true" and r.info.status == "FINISHED":
-                configs.append((tid, typed_config(prep.space, prep.fixed, r.data.params)))
+            tid = r.data.tags.get(runs.TRIAL_TAG)
+            if tid and tid != best_id and r.data.tags.get(runs.SEED_REPEAT_TAG) != "true" and r.info.status == "FINISHED":
+                configs.append((tid, runs.typed_config(prep.space, prep.fixed, r.data.params)))
     return configs
 
 
@@ -86,21 +66,15 @@ def rerun_best_with_seeds(prep, result, n_seeds: int, every_trial: bool = False,
     """
     from mlflow.entities import Metric, Param
 
-    import methods
-    from orchestrator import tracking
-    from orchestrator.trainable import TrialSettings, settings_dict
-
     if result.best_matrix is None or n_seeds < 1:
         return None
     opts, bench = prep.opts, prep.bench
-    client = client or tracking.client_for(result.tracking_uri)
+    client = client or runs.client_for(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
-    method = methods.get(opts.method)
     tags = {k: parent.data.tags[k] for k in ("method", "benchmark", "paper", "substitute") if k in parent.data.tags}
     seeds = [s for s in range(1, n_seeds + 1) if s != opts.seed]
     jobs = [(tid, cfg, s) for tid, cfg in _trial_configs(prep, result, client, every_trial) for s in seeds]
-    base = TrialSettings(method=method.name, seed=opts.seed, cache_dir=opts.cache_dir, convention=opts.convention,
-                         threads=max(1, int(prep.resources["cpu"])), data_fingerprint=bench.fingerprint())
+    base = prep.trial_settings()
     best_id = _best_trial_id(result, parent)
     samples: dict[int, dict[str, float]] = {opts.seed: result.best_matrix.flat()}
     runs: list[str] = []
@@ -109,23 +83,23 @@ def rerun_best_with_seeds(prep, result, n_seeds: int, every_trial: bool = False,
 
     def log(tid, cfg, seed, res, error=None):
         run = client.create_run(parent.info.experiment_id, run_name=f"seed{seed}-{tid}",
-                                tags={"mlflow.parentRunId": result.parent_run_id, SEED_REPEAT_TAG: "true",
-                                      SOURCE_TRIAL_TAG: tid, **tags})
+                                tags={"mlflow.parentRunId": result.parent_run_id, runs.SEED_REPEAT_TAG: "true",
+                                      runs.SOURCE_TRIAL_TAG: tid, **tags})
         run_id = run.info.run_id
         runs.append(run_id)
-        client.log_batch(run_id, params=[Param(k, v) for k, v in tracking._params({**cfg, "seed": seed}).items()])
+        client.log_batch(run_id, params=[Param(k, v) for k, v in runs.as_params({**cfg, "seed": seed}).items()])
         if error is not None:
             client.set_tag(run_id, "error", error[:5000])
             client.set_terminated(run_id, "FAILED")
             print(f"warning: seed {seed} of trial {tid} failed: {error.splitlines()[-1][:300]}", file=sys.stderr)
             return
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in tracking._numeric(res).items()])
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in runs.numeric_metrics(res).items()])
         matrix = OODMatrix.from_json(json.loads(res["matrix_json"]))
-        tracking.log_matrix_artifacts(client, run_id, matrix)
+        runs.log_matrix_artifacts(client, run_id, matrix)
         if figures:
             try:
-                from orchestrator.figures import log_trial_figures
+                from orchestrator.tracking.figures import log_trial_figures
 
                 log_trial_figures(client, run_id, matrix)
             except Exception as exc:  # noqa: BLE001 - a figure never fails the sweep
@@ -141,7 +115,7 @@ def rerun_best_with_seeds(prep, result, n_seeds: int, every_trial: bool = False,
         bench_ref = ray.put(bench)
         task = ray.remote(_one).options(num_cpus=prep.resources["cpu"], num_gpus=prep.resources["gpu"],
                                         max_retries=opts.max_failures)
-        pending = {task.remote(cfg, bench_ref, settings_dict(_with_seed(base, s))): (tid, cfg, s)
+        pending = {task.remote(cfg, bench_ref, _with_seed(base, s).as_dict()): (tid, cfg, s)
                    for tid, cfg, s in jobs}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -153,7 +127,7 @@ def rerun_best_with_seeds(prep, result, n_seeds: int, every_trial: bool = False,
     else:
         for tid, cfg, s in jobs:
             try:
-                res = _one(cfg, bench, settings_dict(_with_seed(base, s)))
+                res = _one(cfg, bench, _with_seed(base, s).as_dict())
             except Exception as exc:  # noqa: BLE001 - one bad seed is logged, the others go on
                 log(tid, cfg, s, None, error=f"{type(exc).__name__}: {exc}")
                 continue

@@ -93,7 +93,7 @@ def _best_child(parent, children: list, metric: str, mode: str):
 
 def sweep_records(tracking_uri: str, sweeps: list[str] | None = None, experiment: str = "oodsweep") -> list[dict]:
     """One record per sweep (parent run) with a best trial: its identity, best config and per-seed samples."""
-    from orchestrator.tracking import client_for, resolve_tracking_uri
+    from orchestrator.tracking.runs import client_for, resolve_tracking_uri
 
     client = client_for(resolve_tracking_uri(tracking_uri))
     exp = client.get_experiment_by_name(experiment)
@@ -262,8 +262,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     import os
 
-    from orchestrator.sweep import UsageError
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.errors import UsageError
+    from orchestrator.tracking.runs import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import ray
 
-from orchestrator import benchmarks, sweep
+from orchestrator import data as benchmarks
+from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
+from orchestrator.sweep.runner import print_summary
+from orchestrator.sweep.runner import run as run_sweep
 from orchestrator.cache import ModelCache
-from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator.trial import TrialSettings, run_trial
 
 
 def main() -> None:
@@ -45,12 +48,12 @@ def main() -> None:
     t_ray = time.perf_counter() - t0
     rows = []
     for method in ("knn", "energy"):
-        opts = sweep.SweepOptions(method=method, benchmark=args.benchmark, num_samples=args.trials,
+        opts = SweepOptions(method=method, benchmark=args.benchmark, num_samples=args.trials,
                                   max_concurrent=args.concurrent, tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
                                   storage_path=str(work / "results"), cache_dir=cache_dir, dashboard=False, quiet=True)
-        prep = sweep.prepare(opts)
+        prep = prepare(opts)
         t0 = time.perf_counter()
-        res = sweep.run(prep)
+        res = run_sweep(prep)
         elapsed = time.perf_counter() - t0
         rows.append((method, elapsed, res))
     ray.shutdown()

@@ -45,8 +45,8 @@ from typing import Callable
 
 import numpy as np
 
-from orchestrator.benchmarks import (DATA_SEED, Benchmark, DataUnavailable, Split, _read_idx, _stratified_split,
-                                     register_benchmark)
+from orchestrator.data import BENCHMARKS
+from orchestrator.data.base import DATA_SEED, Benchmark, DataUnavailable, Split, read_idx, stratified_split
 
 IMAGE_SIZE = 32
 ID_VAL_SIZE = 1000
@@ -139,7 +139,7 @@ def _read_idx_any(path: Path) -> np.ndarray:
         ndim = data[3]
         dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
         return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-    return _read_idx(path.parent / (path.name + ".gz"))
+    return read_idx(path.parent / (path.name + ".gz"))
 
 
 def read_mnist(folder: Path) -> np.ndarray:
@@ -342,7 +342,7 @@ def load_openood(id_name: str, data_root: str | None = None, download: bool | No
     x_te, y_te = read_cifar(id_dir, id_name, train=False)
     rng = np.random.default_rng(DATA_SEED)
     frac = min(ID_VAL_SIZE / len(y_tr), 0.5)
-    fit, val = _stratified_split(y_tr, (1 - frac, frac), rng)
+    fit, val = stratified_split(y_tr, (1 - frac, frac), rng)
 
     def read(name: str, kind: str, v) -> Split:
         if kind == "list":
@@ -359,15 +359,16 @@ def load_openood(id_name: str, data_root: str | None = None, download: bool | No
         ood_val=groups["ood_val"], near=groups["near"], far=groups["far"], recipe=dict(RECIPE))
 
 
-_DESC = ("OpenOOD v1.5 {id} 32×32: near-OOD = {other}, TinyImageNet; far-OOD = MNIST, SVHN, Textures, Places365; "
-         "OOD val = TinyImageNet val_tin (torchvision + OpenOOD image lists under --data-root)")
-
-
-@register_benchmark("cifar10", _DESC.format(id="CIFAR-10", other="CIFAR-100"))
-def _cifar10(data_root: str | None = None) -> Benchmark:
+# Descriptions are literal strings: `list` reads them from this file's source without importing it.
+@BENCHMARKS.register("cifar10", description="OpenOOD v1.5 CIFAR-10 32×32: near-OOD = CIFAR-100, TinyImageNet; far-OOD = "
+                     "MNIST, SVHN, Textures, Places365; OOD val = TinyImageNet val_tin (torchvision + OpenOOD image "
+                     "lists under --data-root)")
+def cifar10(data_root: str | None = None) -> Benchmark:
     return load_openood("cifar10", data_root)
 
 
-@register_benchmark("cifar100", _DESC.format(id="CIFAR-100", other="CIFAR-10"))
-def _cifar100(data_root: str | None = None) -> Benchmark:
+@BENCHMARKS.register("cifar100", description="OpenOOD v1.5 CIFAR-100 32×32: near-OOD = CIFAR-10, TinyImageNet; far-OOD = "
+                     "MNIST, SVHN, Textures, Places365; OOD val = TinyImageNet val_tin (torchvision + OpenOOD image "
+                     "lists under --data-root)")
+def cifar100(data_root: str | None = None) -> Benchmark:
     return load_openood("cifar100", data_root)

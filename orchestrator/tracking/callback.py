@@ -1,134 +1,23 @@
-"""MLflow tracking: one parent run per sweep, one nested child run per trial.
+"""The Ray Tune callback that writes every trial to MLflow, on the driver.
 
-All logging happens on the driver (a Ray Tune callback), so one process writes the store: SQLite never
-sees concurrent writers, and trials on remote nodes need no access to the tracking server.
-Child runs carry the tag ``oodsweep.trial_id``; a resumed sweep finds and continues them instead of
-creating duplicates.
+All logging happens here, on the driver, so one process writes the store: SQLite never sees concurrent writers,
+and trials on remote nodes need no access to the tracking server. Child runs carry the tag ``oodsweep.trial_id``;
+a resumed sweep finds and continues them instead of creating duplicates.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from ray.tune import Callback
 
 from orchestrator.metrics import OODMatrix
-
-TRIAL_TAG = "oodsweep.trial_id"
-#: Per-epoch metrics of a trial are written at most this often (the final result and the end of a trial at once).
-FLUSH_SECONDS = 5.0
-SWEEP_TAG = "oodsweep.sweep"
-
-
-def resolve_tracking_uri(uri: str | None, workdir: str | os.PathLike = ".") -> str:
-    """Default ``sqlite:///mlflow.db`` in the working directory; relative SQLite/file paths made absolute."""
-    uri = uri or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str((Path(workdir) / uri[len("sqlite:///"):]).resolve())
-    if "://" not in uri:
-        return "sqlite:///" + str((Path(workdir) / uri).resolve()) if uri.endswith(".db") else Path(uri).resolve().as_uri()
-    return uri
-
-
-def client_for(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any trial starts, when an MLflow server is down."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    # MLflow's own HTTP retries back off for minutes; the tracker queues and retries events itself.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise ConnectionError(f"MLflow tracking server {uri} is not reachable ({exc}); start it "
-                              f"(python -m orchestrator ui) or pass another --tracking-uri") from None
-
-
-def _params(config: dict[str, Any]) -> dict[str, str]:
-    return {k: str(v)[:500] for k, v in sorted(config.items())}
-
-
-def _numeric(result: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in result.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        if math.isfinite(v) and (k.startswith(("val/", "train/", "near/", "far/", "id/")) or "/" in k):
-            out[k] = float(v)
-    return out
-
-
-class SweepRun:
-    """The sweep's parent MLflow run."""
-
-    def __init__(self, uri: str, experiment: str, sweep_name: str, run_id: str | None = None):
-        self.uri = uri
-        self.client = client_for(uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-        if run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=sweep_name, tags={SWEEP_TAG: sweep_name})
-            run_id = run.info.run_id
-        self.run_id = run_id
-
-    def log_params(self, params: dict[str, Any], overwrite_ok: bool = False) -> None:
-        """Params are immutable in MLflow; with ``overwrite_ok`` (a resumed sweep's best.*) existing ones are kept
-        as tags instead."""
-        from mlflow.entities import Param
-
-        values = _params(params)
-        if overwrite_ok:
-            existing = self.client.get_run(self.run_id).data.params
-            for k in [k for k in values if k in existing and existing[k] != values[k]]:
-                self.client.set_tag(self.run_id, k, values.pop(k))
-            values = {k: v for k, v in values.items() if k not in existing}
-        if values:
-            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in values.items()])
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
-
-    def log_dict(self, data: dict, name: str) -> None:
-        self.client.log_dict(self.run_id, data, name)
-
-    def log_metrics(self, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now = _now_ms()
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in _numeric(metrics).items()])
-
-    def end(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)
-
-
-def log_matrix_artifacts(client, run_id: str, matrix: OODMatrix) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "ood_matrix.csv").write_text(matrix.to_csv())
-        (Path(folder) / "ood_matrix.json").write_text(json.dumps(matrix.to_json(), indent=1))
-        client.log_artifact(run_id, str(Path(folder) / "ood_matrix.csv"))
-        client.log_artifact(run_id, str(Path(folder) / "ood_matrix.json"))
+from orchestrator.tracking.runs import (FLUSH_SECONDS, HISTORY_KEY, TRIAL_TAG, SweepRun, as_params, log_matrix_artifacts,
+                                        now_ms, numeric_metrics)
 
 
 class MLflowTrialLogger(Callback):
@@ -162,7 +51,7 @@ class MLflowTrialLogger(Callback):
             run_id = self.child[trial_id] = run.info.run_id
             from mlflow.entities import Param
 
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in _params(config).items()])
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in as_params(config).items()])
         return run_id
 
     # Every event is queued and flushed in order: if the tracking server drops mid-sweep, trials go on and
@@ -191,15 +80,13 @@ class MLflowTrialLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
-        from orchestrator.trainable import HISTORY_KEY
-
         trial_id, config, result = trial.trial_id, dict(trial.config), dict(result)
         pending = self.pending.setdefault(trial_id, [])
         # A report may stand for several epochs (the earlier ones ride along as JSON); MLflow's step is the epoch,
         # and the final evaluation comes after the last epoch.
         for record in [*json.loads(result.get(HISTORY_KEY) or "[]"), result]:
             step = int(record.get("epoch", result.get("training_iteration", 0))) + bool(record.get("final"))
-            pending.extend(Metric(k, v, _now_ms(), step) for k, v in _numeric(record).items())
+            pending.extend(Metric(k, v, now_ms(), step) for k, v in numeric_metrics(record).items())
         # Per-epoch metrics are batched (one store write every FLUSH_SECONDS per trial, not one per epoch: each write
         # is a commit, and the trial waits for its report to be consumed); the final result is written at once.
         if result.get("final") or time.monotonic() - self.flushed.get(trial_id, 0.0) >= FLUSH_SECONDS:
@@ -220,7 +107,7 @@ class MLflowTrialLogger(Callback):
             matrix = OODMatrix.from_json(json.loads(result["matrix_json"]))
             log_matrix_artifacts(self.client, run_id, matrix)
             try:  # a figure is never worth stalling the event queue for
-                from orchestrator.figures import log_trial_figures
+                from orchestrator.tracking.figures import log_trial_figures
 
                 log_trial_figures(self.client, run_id, matrix)
             except Exception as exc:  # noqa: BLE001

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from orchestrator.models import BACKBONES
+
 
 class SmallCNN(nn.Module):
     """Three conv blocks for small grey images (8×8 digits, 28×28 Fashion-MNIST)."""
@@ -120,21 +122,25 @@ class Classifier(nn.Module):
         return self.logits_from_normalized(self.normalize(x))
 
 
-BACKBONES = ("small_cnn", "resnet18")
+@BACKBONES.register("small_cnn", description="three conv blocks for small grey images (digits, Fashion-MNIST)")
+def small_cnn(in_channels: int, image_size: int) -> nn.Module:
+    return SmallCNN(in_channels, image_size)
+
+
+@BACKBONES.register("resnet18", description="CIFAR-style ResNet-18 (3×3 stem, no max-pool), as OpenOOD trains it")
+def resnet18(in_channels: int, image_size: int) -> nn.Module:
+    return ResNet18(in_channels, image_size)
 
 
 def build_classifier(backbone: str, in_channels: int, image_size: int, num_classes: int, mean, std,
-                     head: str = "linear", sigma: float = 0.5) -> Classifier:
-    if backbone == "small_cnn":
-        encoder = SmallCNN(in_channels, image_size)
-    elif backbone == "resnet18":
-        encoder = ResNet18(in_channels, image_size)
-    else:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+                     head: str = "linear", sigma: float | None = None) -> Classifier:
+    """A :class:`Classifier` around the registered encoder ``backbone``; ``head`` linear or zscore (ASCOOD's,
+    which takes ``sigma``)."""
+    encoder = BACKBONES.load(backbone)(in_channels, image_size)
     if head == "linear":
         head_module = LinearHead(encoder.out_dim, num_classes)
     elif head == "zscore":
-        head_module = ZScoreHead(encoder.out_dim, num_classes, sigma)
+        head_module = ZScoreHead(encoder.out_dim, num_classes, 0.5 if sigma is None else sigma)
     else:
         raise ValueError(f"unknown head {head!r}; choose linear or zscore")
     return Classifier(encoder, num_classes, mean, std, head_module).to(memory_format=torch.channels_last)

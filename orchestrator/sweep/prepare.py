@@ -1,0 +1,177 @@
+"""Validate a sweep before anything runs: method, benchmark, search space against the method's declared knobs,
+objectives, resources, data, tracking store. Everything here raises :class:`~orchestrator.errors.UsageError` with
+one line, before Ray starts or an MLflow run exists, so bad input writes nothing.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import methods
+from orchestrator import data, search_space
+from orchestrator.data.base import Benchmark, DataUnavailable
+from orchestrator.errors import UsageError
+from orchestrator.knobs import KnobError
+from orchestrator.metrics import CONVENTIONS
+from orchestrator.registry import UnknownEntry
+from orchestrator.sweep import state
+from orchestrator.tracking import runs
+from orchestrator.trial import TrialSettings
+
+SMOKE_BUDGET = {"num_samples": 2, "max_concurrent": 2, "epochs": 1}
+
+
+@dataclass
+class SweepOptions:
+    method: str
+    benchmark: str = "digits"
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    epochs: int | None = None
+    seed: int = 0
+    name: str | None = None
+    tracking_uri: str | None = None
+    storage_path: str | None = None
+    address: str | None = None
+    smoke_test: bool = False
+    search_space: str | None = None
+    data_root: str | None = None
+    cache_dir: str | None = None
+    cpus_per_trial: float | None = None  # None: the YAML's resources, else 1
+    gpus_per_trial: float | None = None  # None: the YAML's resources, else 0
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    convention: str = "classic"
+    experiment: str = "oodsweep"
+    max_failures: int = 2
+    scheduler: str = "none"  # none | asha
+    grace_period: int = 1
+    reduction_factor: int = 2
+    report_seconds: float = 5.0  # a training trial reports to Tune at most this often (0: every epoch)
+    objectives: list[str] | None = None  # ["val/auroc:max", "val/acc:max"] overrides the YAML's metric/mode
+    seeds: int = 0  # re-run the best configuration with this many more seeds
+    seeds_every_trial: bool = False
+    figures: bool = True
+    quiet: bool = False
+
+
+
+@dataclass
+class Prepared:
+    """A validated sweep, ready to run."""
+
+    opts: SweepOptions
+    space: search_space.SearchSpace
+    bench: Benchmark
+    name: str
+    tracking_uri: str
+    storage_path: str
+    num_samples: int
+    max_concurrent: int
+    fixed: dict[str, Any]
+    resources: dict[str, float]
+    resume: dict[str, Any] | None = None  # the saved state of the sweep being resumed
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    def trial_settings(self, threads: int | None = None) -> TrialSettings:
+        """What every trial of this sweep shares (one place builds it: trials, seed repeats and figures)."""
+        return TrialSettings(method=self.opts.method, seed=self.opts.seed, cache_dir=self.opts.cache_dir,
+                             convention=self.opts.convention,
+                             threads=threads if threads is not None else max(1, int(self.resources["cpu"])),
+                             data_fingerprint=self.bench.fingerprint())
+
+
+def prepare(opts: SweepOptions) -> Prepared:
+    """Validate everything and load the data; raises UsageError with one clear line."""
+    try:
+        method = methods.get(opts.method)
+    except UnknownEntry as exc:
+        raise UsageError(str(exc)) from None
+    if data.is_custom(opts.benchmark):
+        opts.benchmark = str(Path(opts.benchmark).resolve())  # so --resume works from another folder
+    else:
+        try:
+            data.BENCHMARKS.entry(opts.benchmark)
+        except UnknownEntry as exc:
+            raise UsageError(f"{exc}, or a custom benchmark YAML file") from None
+    if opts.convention not in CONVENTIONS:
+        raise UsageError(f"unknown FPR@95 convention {opts.convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    for flag, value in (("--num-samples", opts.num_samples), ("--max-concurrent", opts.max_concurrent),
+                        ("--epochs", opts.epochs), ("--grace-period", opts.grace_period)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if not math.isfinite(opts.report_seconds) or opts.report_seconds < 0:
+        raise UsageError(f"--report-seconds must be 0 or more, got {opts.report_seconds}")
+    if opts.reduction_factor < 2:
+        raise UsageError(f"--reduction-factor must be at least 2, got {opts.reduction_factor}")
+    if opts.scheduler not in ("none", "asha"):
+        raise UsageError(f"--scheduler must be asha or none, got {opts.scheduler!r}")
+    try:
+        space = search_space.load(method.name, opts.search_space)
+        if opts.objectives:
+            pairs = [o.rsplit(":", 1) if ":" in o else [o, "max"] for o in opts.objectives]
+            space.objectives = search_space.parse_objectives([p[0] for p in pairs], [p[1] for p in pairs], "--objective")
+            space.metric, space.mode = space.objectives[0]
+        search_space.check_objectives(space.objectives, "--objective" if opts.objectives else space.path)
+        search_space.check_against(space, method)
+    except search_space.SearchSpaceError as exc:
+        raise UsageError(str(exc)) from None
+    if space.multi_objective and opts.scheduler != "none":
+        raise UsageError("a multi-objective sweep needs --scheduler none (Tune's schedulers take one metric)")
+    resources = {"cpu": opts.cpus_per_trial if opts.cpus_per_trial is not None else space.resources.get("cpu", 1),
+                 "gpu": opts.gpus_per_trial if opts.gpus_per_trial is not None else space.resources.get("gpu", 0)}
+    if resources["cpu"] < 0 or resources["gpu"] < 0 or resources["cpu"] + resources["gpu"] == 0:
+        raise UsageError(f"a trial needs some CPU or GPU, got {resources}")
+    try:
+        bench = data.load(opts.benchmark, opts.data_root, smoke=opts.smoke_test)
+    except DataUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    fixed = dict(space.fixed)
+    searched = {k.name for k in space.knobs}
+    smoke = {**SMOKE_BUDGET, **space.smoke} if opts.smoke_test else {}
+    for key, value in smoke.items():  # the YAML's smoke block may also fix cheap values (e.g. teacher: self)
+        if key not in SMOKE_BUDGET and key not in searched:
+            fixed[key] = value
+    epochs = opts.epochs or smoke.get("epochs")
+    if epochs is not None:
+        if "epochs" in searched:
+            raise UsageError(f"{space.path} searches 'epochs'; drop --epochs or fix it in the YAML")
+        fixed["epochs"] = epochs
+    try:  # the smoke block's fixed values, --epochs and the benchmark's recipe, against the declaration too
+        method.resolve(fixed, bench.recipe)
+    except KnobError as exc:
+        raise UsageError(f"{exc} (from {space.path}'s fixed/smoke values, --epochs or the benchmark's recipe)") from None
+    label = Path(opts.benchmark).stem if data.is_custom(opts.benchmark) else opts.benchmark
+    name = opts.name or f"{method.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise UsageError(f"--name may hold letters, digits, '-', '_' and '.' only, got {name!r}")
+    uri = runs.resolve_tracking_uri(opts.tracking_uri)
+    try:
+        runs.check_reachable(uri)
+    except ConnectionError as exc:
+        raise UsageError(str(exc)) from None
+    storage = opts.storage_path or "ray_results"
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    return Prepared(opts, space, bench, name, uri, storage,
+                    opts.num_samples or smoke.get("num_samples") or space.num_samples,
+                    opts.max_concurrent or smoke.get("max_concurrent") or space.max_concurrent, fixed, resources)
+
+
+def prepare_resume(target: str, storage_path: str | None = None, **overrides) -> Prepared:
+    """Re-validate an interrupted sweep from its saved state (a sweep name, or its results folder)."""
+    folder = Path(target) if Path(target).is_dir() else Path(storage_path or "ray_results").resolve() / target
+    saved = state.read(folder)
+    opts = SweepOptions(**{**saved["options"], **{k: v for k, v in overrides.items() if v is not None}})
+    opts.name, opts.storage_path = folder.name, str(folder.parent)
+    prep = prepare(opts)
+    prep.resume = saved
+    return prep

@@ -1,0 +1,235 @@
+"""Run a prepared sweep: Optuna (seeded TPE) proposes configurations, Ray Tune runs them as trials, MLflow
+records them; then the summary (best trial, Pareto front), seed repeats and figures.
+
+The input was validated by :func:`orchestrator.sweep.prepare.prepare`; a sweep saves its state
+(:mod:`orchestrator.sweep.state`) so that ``--resume`` can continue it after the driver died.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import methods
+from orchestrator import search_space
+from orchestrator.metrics import OODMatrix
+from orchestrator.sweep import scheduling, state
+from orchestrator.sweep.prepare import Prepared, SweepOptions
+
+
+@dataclass
+class SweepResult:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    results_path: str
+    best_config: dict[str, Any] = field(default_factory=dict)
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_matrix: OODMatrix | None = None
+    pareto: list[dict[str, Any]] = field(default_factory=list)
+    num_trials: int = 0
+    num_errors: int = 0
+    seconds: float = 0.0
+
+
+def _quiet_libraries() -> None:
+    """Our progress lines replace Ray's table reporter; keep Optuna and Tune's chatter out of them."""
+    import logging
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot Tune's experiment state every second (default: >= 10 s): a driver killed later than that after a
+    # trial finished resumes without rerunning it. The state is small (trial list + Optuna study).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+
+
+def _init_ray(opts: SweepOptions):
+    import ray
+
+    if ray.is_initialized():
+        return None
+    address = opts.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        return ray.init(address=address, log_to_driver=False).dashboard_url
+    kwargs = dict(num_cpus=opts.num_cpus or os.cpu_count(), log_to_driver=False,
+                  include_dashboard=opts.dashboard, configure_logging=True, logging_level="WARNING")
+    if opts.num_gpus is not None:
+        kwargs["num_gpus"] = opts.num_gpus
+    if opts.dashboard:
+        kwargs["dashboard_host"] = opts.dashboard_host
+    if os.environ.get("OODSWEEP_OBJECT_STORE_MB"):
+        kwargs["object_store_memory"] = int(os.environ["OODSWEEP_OBJECT_STORE_MB"]) * 2**20
+    return ray.init(**kwargs).dashboard_url
+
+
+def _say(opts: SweepOptions, msg: str) -> None:
+    if not opts.quiet:
+        print(msg, flush=True)
+
+
+def _open_parent_run(prep: Prepared, method, tags: dict[str, str]):
+    from orchestrator.tracking.runs import SweepRun
+
+    opts, space, bench = prep.opts, prep.space, prep.bench
+    if prep.resume:
+        sweep_run = SweepRun(prep.tracking_uri, opts.experiment, prep.name, run_id=prep.resume["parent_run_id"])
+        sweep_run.client.update_run(sweep_run.run_id, status="RUNNING")
+        return sweep_run
+    sweep_run = SweepRun(prep.tracking_uri, opts.experiment, prep.name)
+    sweep_run.log_params({"method": method.name, "benchmark": bench.name, "num_samples": prep.num_samples,
+                          "max_concurrent": prep.max_concurrent, "seed": opts.seed,
+                          "objectives": ",".join(f"{m}:{d}" for m, d in space.objectives),
+                          "fpr95_convention": opts.convention, "smoke_test": opts.smoke_test,
+                          "scheduler": opts.scheduler, "cpus_per_trial": prep.resources["cpu"],
+                          "gpus_per_trial": prep.resources["gpu"],
+                          **{f"fixed.{k}": v for k, v in prep.fixed.items()}})
+    sweep_run.set_tags(tags)
+    sweep_run.log_dict({**space.as_dict(), "fixed": prep.fixed}, "search_space.json")
+    return sweep_run
+
+
+def run(prep: Prepared) -> SweepResult:
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.sweep.progress import ProgressPrinter
+    from orchestrator.sweep.trainable import tune_trainable
+    from orchestrator.tracking.callback import MLflowTrialLogger
+
+    opts, space, bench = prep.opts, prep.space, prep.bench
+    method = methods.get(opts.method)
+    started = time.time()
+    _quiet_libraries()
+    dashboard = _init_ray(opts)
+    if dashboard:
+        _say(opts, f"Ray dashboard: http://{dashboard}  (access token: `ray get-auth-token`)")
+    tags = {"method": method.name, "benchmark": bench.name, "paper": method.paper}
+    if method.substitute:
+        tags["substitute"] = method.substitute
+    sweep_run = _open_parent_run(prep, method, tags)
+    if not prep.resume:
+        state.write(prep, sweep_run.run_id)
+    _say(opts, f"Sweep {prep.name}{' (resumed)' if prep.resume else ''}: {method.name} on {bench.name}"
+               f"{' (smoke test)' if opts.smoke_test else ''}, {prep.num_samples} trials, ≤{prep.max_concurrent} at "
+               f"once; MLflow {prep.tracking_uri} (run {sweep_run.run_id})")
+    status = "FAILED"
+    try:
+        settings = prep.trial_settings()
+        shared = _prewarm(method, space, prep.fixed, bench, settings, prep.resources, opts)
+        trainable = tune.with_resources(
+            tune.with_parameters(tune_trainable, bench=bench, settings=settings.as_dict(), shared=shared,
+                                 reporting=scheduling.report_policy(prep)),
+            dict(prep.resources))
+        logger = MLflowTrialLogger(sweep_run, tags=tags)
+        progress = ProgressPrinter(space.metric, space.mode, prep.num_samples, quiet=opts.quiet)
+        run_config = tune.RunConfig(name=prep.name, storage_path=prep.storage_path, callbacks=[logger, progress],
+                                    verbose=0, failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        if prep.resume:
+            tuner = tune.Tuner.restore(prep.experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+            # The restored run config holds the pickled callbacks of the dead driver; use fresh ones (ray pinned).
+            tuner._local_tuner.get_run_config().callbacks = run_config.callbacks
+        else:
+            multi = space.multi_objective
+            metrics = [m for m, _ in space.objectives]
+            modes = [d for _, d in space.objectives]
+            searcher = OptunaSearch(space=search_space.DefineByRun(space.knobs, prep.fixed),
+                                    metric=metrics if multi else space.metric, mode=modes if multi else space.mode,
+                                    sampler=optuna.samplers.TPESampler(seed=opts.seed))
+            tune_config = tune.TuneConfig(search_alg=searcher, num_samples=prep.num_samples,
+                                          max_concurrent_trials=prep.max_concurrent, reuse_actors=True,
+                                          scheduler=scheduling.scheduler(prep),
+                                          metric=None if multi else space.metric, mode=None if multi else space.mode)
+            tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+        grid = tuner.fit()
+        result = _summarise(prep, grid, sweep_run, started)
+        if opts.seeds and result.best_matrix is not None:
+            from orchestrator.sweep.seeds import rerun_best_with_seeds
+
+            _say(opts, f"Re-running the best configuration with {opts.seeds} more seed(s)...")
+            rerun_best_with_seeds(prep, result, opts.seeds, every_trial=opts.seeds_every_trial, client=sweep_run.client)
+        if opts.figures and result.best_matrix is not None:
+            from orchestrator.tracking.figures import log_sweep_figures
+
+            for note in log_sweep_figures(prep, result, sweep_run.client, settings):
+                _say(opts, f"figures: {note}")
+        status = "FINISHED" if result.best_matrix is not None else "FAILED"
+        return result
+    finally:
+        sweep_run.end(status)
+
+
+def _prewarm(method, space, fixed, bench, settings, resources, opts):
+    """For a post-hoc sweep whose knobs never change the network: train/load it and extract its outputs in
+    one Ray task, and return the ObjectRef that every trial reads them from. None when trials differ in network.
+    """
+    import ray
+
+    from orchestrator.trial import shared_outputs
+
+    network = method.network_knobs()
+    if method.trains() or any(k.name in network for k in space.knobs):
+        return None
+    _say(opts, "Preparing the shared classifier and its outputs (trained once, cached by config hash)...")
+    # Nothing else runs yet: give the preparation every CPU of the largest node.
+    node_cpus = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
+    cpus = max(resources["cpu"], node_cpus)
+    task = ray.remote(shared_outputs).options(num_cpus=cpus, num_gpus=resources["gpu"], max_retries=opts.max_failures)
+    ref = task.remote(dict(fixed), bench, dataclasses.replace(settings, threads=max(1, int(cpus))))
+    ray.get(ref)  # surface a failure here, before any trial starts
+    return ref
+
+
+def _summarise(prep: Prepared, grid, sweep_run, started: float) -> SweepResult:
+    space = prep.space
+    finished = [r for r in grid if r.error is None and r.metrics and r.metrics.get("final")]
+    res = SweepResult(prep.name, sweep_run.run_id, prep.tracking_uri, grid.experiment_path,
+                      num_trials=len(grid), num_errors=grid.num_errors, seconds=time.time() - started)
+    if not finished:
+        return res
+    sign = 1 if space.mode == "max" else -1
+    candidates = finished
+    if space.multi_objective:
+        rows = [{"trial_id": r.metrics.get("trial_id"), **{m: r.metrics[m] for m, _ in space.objectives},
+                 "config": r.config, "_r": r} for r in finished]
+        front = scheduling.pareto_front(rows, space.objectives)
+        candidates = [row["_r"] for row in front]
+        res.pareto = [{k: v for k, v in row.items() if k != "_r"} for row in front]
+        sweep_run.log_dict({"objectives": space.objectives, "front": res.pareto}, "pareto_front.json")
+        sweep_run.log_metrics({"pareto/size": len(front)})
+    best = max(candidates, key=lambda r: sign * r.metrics[space.metric])
+    res.best_config = dict(best.config)
+    res.best_metrics = {k: v for k, v in best.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    res.best_matrix = OODMatrix.from_json(json.loads(best.metrics["matrix_json"]))
+    sweep_run.log_metrics({f"best/{k}": v for k, v in res.best_matrix.flat().items()})
+    sweep_run.log_metrics({f"best/{space.metric}": best.metrics[space.metric]})
+    sweep_run.log_params({f"best.{k}": v for k, v in res.best_config.items()}, overwrite_ok=True)
+    sweep_run.set_tags({"best_trial_id": best.metrics.get("trial_id", ""), "ray_results": grid.experiment_path})
+    sweep_run.log_dict(res.best_matrix.to_json(), "best_ood_matrix.json")
+    return res
+
+
+def print_summary(res: SweepResult, metric: str, out=sys.stdout) -> None:
+    print("", file=out)
+    if res.pareto:
+        names = [k for k in res.pareto[0] if k not in ("trial_id", "config")]
+        print(f"Pareto front ({len(res.pareto)} trials): " + ", ".join(names), file=out)
+        for row in res.pareto:
+            print(f"  {row['trial_id']}: " + ", ".join(f"{n}={row[n]:.4f}" for n in names), file=out)
+    if res.best_matrix is None:
+        print(f"No trial finished ({res.num_errors} of {res.num_trials} failed); see MLflow run {res.parent_run_id}.", file=out)
+    else:
+        cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(res.best_config.items()))
+        print(f"Best trial ({metric} = {res.best_metrics[metric]:.4f} on validation): {cfg}", file=out)
+        print("Test OOD metric matrix (%):", file=out)
+        print(res.best_matrix.format(), file=out)
+    print(f"\nTrials: {res.num_trials} ({res.num_errors} failed) in {res.seconds:.1f} s", file=out)
+    print(f"MLflow: parent run {res.parent_run_id} in {res.tracking_uri}", file=out)
+    print(f"        mlflow ui --backend-store-uri {res.tracking_uri}   (or: python -m orchestrator ui)", file=out)
+    print(f"Ray results: {res.results_path}", file=out)

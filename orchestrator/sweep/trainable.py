@@ -1,0 +1,83 @@
+"""The Ray Tune function trainable around :func:`orchestrator.trial.run_trial`.
+
+A method that trains its own network validates after every epoch and reports to Tune at ASHA's milestones, its
+last epoch and otherwise at most every few seconds, the epochs in between riding along (see
+:class:`ReportPolicy`), with a checkpoint at most every ``CHECKPOINT_SECONDS`` (so a restarted trial resumes from a
+recent epoch); post-hoc trials report once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.data.base import Benchmark
+from orchestrator.tracking.runs import HISTORY_KEY
+from orchestrator.trial import TrialSettings, run_trial
+
+#: A training trial checkpoints at most this often (and after its last epoch); a restarted trial loses at most this
+#: much work. Override with $OODSWEEP_CHECKPOINT_SECONDS.
+CHECKPOINT_SECONDS = float(os.environ.get("OODSWEEP_CHECKPOINT_SECONDS", "10"))
+#: Default of ``--report-seconds``.
+REPORT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ReportPolicy:
+    """Which epochs of a training trial go to Tune as they end; the others ride along in the next report.
+
+    Every Tune report is a round trip to the driver (the trial waits until the driver has consumed it: ~0.17 s on
+    two busy cores), which dominated sub-second epochs. A report is due at a scheduler milestone (``epochs``, so
+    ASHA compares every trial at exactly the epoch it asks for), at the last epoch, and once ``seconds`` have
+    passed since the previous report; ``seconds=0`` reports every epoch. Epochs longer than ``seconds`` all report.
+    """
+
+    seconds: float = REPORT_SECONDS
+    epochs: tuple[int, ...] = ()
+
+    def due(self, epoch: int, last_epoch: int, since_last_report: float) -> bool:
+        return epoch >= last_epoch or epoch in self.epochs or since_last_report >= self.seconds
+
+
+def tune_trainable(config: dict[str, Any], bench: Benchmark, settings: dict[str, Any], shared=None,
+                   reporting: ReportPolicy | None = None) -> None:
+    """Ray Tune function trainable (wrap with ``tune.with_parameters(tune_trainable, bench=..., settings=...)``).
+
+    ``shared`` may be an ObjectRef to :func:`shared_outputs`' result (fetched from the object store here);
+    ``reporting`` says which epochs report at once (default: :class:`ReportPolicy`'s).
+    """
+    import ray
+    from ray import tune
+
+    if isinstance(shared, ray.ObjectRef):
+        shared = ray.get(shared)
+
+    policy = reporting or ReportPolicy()
+    last_report = last_checkpoint = time.monotonic()
+    held: list[dict[str, Any]] = []  # metrics of epochs not reported yet
+
+    def report(metrics, save_checkpoint):
+        nonlocal last_report, last_checkpoint
+        epoch, last_epoch = metrics["epoch"], metrics["epochs"]
+        if not policy.due(epoch, last_epoch, time.monotonic() - last_report):
+            held.append(metrics)
+            return
+        result = {**metrics, HISTORY_KEY: json.dumps(held)} if held else metrics
+        held.clear()
+        # A checkpoint goes with a report at most every CHECKPOINT_SECONDS and at the last epoch: persisting one
+        # costs Tune an experiment-state sync.
+        if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS or epoch >= last_epoch:
+            with tempfile.TemporaryDirectory() as folder:
+                save_checkpoint(folder)
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            last_checkpoint = time.monotonic()
+        else:
+            tune.report(result)
+        last_report = time.monotonic()
+
+    final = run_trial(config, bench, TrialSettings(**settings), report, tune.get_checkpoint(), shared)
+    tune.report(final)
+

@@ -1,0 +1,149 @@
+"""MLflow runs: one parent run per sweep, one nested child run per trial (the store, the tags, the helpers).
+
+All logging happens on the driver (a Ray Tune callback), so one process writes the store: SQLite never
+sees concurrent writers, and trials on remote nodes need no access to the tracking server.
+Child runs carry the tag ``oodsweep.trial_id``; a resumed sweep finds and continues them instead of
+creating duplicates.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.metrics import OODMatrix
+
+TRIAL_TAG = "oodsweep.trial_id"
+#: Per-epoch metrics of a trial are written at most this often (the final result and the end of a trial at once).
+FLUSH_SECONDS = 5.0
+SWEEP_TAG = "oodsweep.sweep"
+#: Tags of a seed-repeat child run (``sweep --seeds``) and of the trial whose configuration it repeats.
+SEED_REPEAT_TAG = "oodsweep.seed_repeat"
+SOURCE_TRIAL_TAG = "oodsweep.source_trial_id"
+#: Result key carrying, as JSON, the per-epoch metrics of the epochs a Tune report stands for before its own.
+HISTORY_KEY = "epoch_history_json"
+
+
+def resolve_tracking_uri(uri: str | None, workdir: str | os.PathLike = ".") -> str:
+    """Default ``sqlite:///mlflow.db`` in the working directory; relative SQLite/file paths made absolute."""
+    uri = uri or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((Path(workdir) / uri[len("sqlite:///"):]).resolve())
+    if "://" not in uri:
+        return "sqlite:///" + str((Path(workdir) / uri).resolve()) if uri.endswith(".db") else Path(uri).resolve().as_uri()
+    return uri
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any trial starts, when an MLflow server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    # MLflow's own HTTP retries back off for minutes; the tracker queues and retries events itself.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConnectionError(f"MLflow tracking server {uri} is not reachable ({exc}); start it "
+                              f"(python -m orchestrator ui) or pass another --tracking-uri") from None
+
+
+def as_params(config: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:500] for k, v in sorted(config.items())}
+
+
+def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The finite numeric metrics of a result (namespaced keys only)."""
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(v) and (k.startswith(("val/", "train/", "near/", "far/", "id/")) or "/" in k):
+            out[k] = float(v)
+    return out
+
+
+class SweepRun:
+    """The sweep's parent MLflow run."""
+
+    def __init__(self, uri: str, experiment: str, sweep_name: str, run_id: str | None = None):
+        self.uri = uri
+        self.client = client_for(uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=sweep_name, tags={SWEEP_TAG: sweep_name})
+            run_id = run.info.run_id
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any], overwrite_ok: bool = False) -> None:
+        """Params are immutable in MLflow; with ``overwrite_ok`` (a resumed sweep's best.*) existing ones are kept
+        as tags instead."""
+        from mlflow.entities import Param
+
+        values = as_params(params)
+        if overwrite_ok:
+            existing = self.client.get_run(self.run_id).data.params
+            for k in [k for k in values if k in existing and existing[k] != values[k]]:
+                self.client.set_tag(self.run_id, k, values.pop(k))
+            values = {k: v for k, v in values.items() if k not in existing}
+        if values:
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in values.items()])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self.client.log_dict(self.run_id, data, name)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = now_ms()
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in numeric_metrics(metrics).items()])
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def log_matrix_artifacts(client, run_id: str, matrix: OODMatrix) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "ood_matrix.csv").write_text(matrix.to_csv())
+        (Path(folder) / "ood_matrix.json").write_text(json.dumps(matrix.to_json(), indent=1))
+        client.log_artifact(run_id, str(Path(folder) / "ood_matrix.csv"))
+        client.log_artifact(run_id, str(Path(folder) / "ood_matrix.json"))
+
+
+def typed_config(space, fixed: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+    """A trial's config back from its MLflow params (strings), typed by the search space and fixed values."""
+    config = dict(fixed)
+    for knob in space.knobs:
+        if knob.name not in params:
+            continue
+        raw = params[knob.name]
+        if knob.type == "categorical":
+            config[knob.name] = next((c for c in knob.choices if str(c) == raw), raw)
+        elif knob.type == "int":
+            config[knob.name] = int(float(raw))
+        else:
+            config[knob.name] = float(raw)
+    return config
