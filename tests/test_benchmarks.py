@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 
 from orchestrator import data as benchmarks
+from orchestrator.data import builtin
+from orchestrator.data.builtin import DEBIAN_FASHION
+from orchestrator.data.base import DataUnavailable
 
 
 def _rows(split):
@@ -36,7 +39,7 @@ def test_smoke_copy_is_small_and_distinct():
     assert b.fingerprint() != benchmarks.load("digits").fingerprint()
 
 
-@pytest.mark.skipif(not Path(benchmarks.DEBIAN_FASHION).is_dir(), reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(not Path(DEBIAN_FASHION).is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_from_debian_package():
     b = benchmarks.load("fashion-mnist")
     assert b.image_shape == (1, 28, 28) and b.num_classes == 6 and len(b.id_test) == 6000
@@ -45,7 +48,7 @@ def test_fashion_mnist_from_debian_package():
 
 
 def test_missing_fashion_data_names_every_place(tmp_path, monkeypatch):
-    monkeypatch.setattr(benchmarks, "DEBIAN_FASHION", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(builtin, "DEBIAN_FASHION", str(tmp_path / "nowhere"))
     # torchvision's download fails offline (or on this empty, read-only-for-us root)
     monkeypatch.setenv("OODSWEEP_DATA", str(tmp_path / "dl"))
     import torchvision.datasets
@@ -54,7 +57,7 @@ def test_missing_fashion_data_names_every_place(tmp_path, monkeypatch):
         raise RuntimeError("no internet")
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", no_download)
-    with pytest.raises(benchmarks.DataUnavailable) as err:
+    with pytest.raises(DataUnavailable) as err:
         benchmarks.load("fashion-mnist", data_root=str(tmp_path / "root"))
     msg = str(err.value)
     assert "--data-root" in msg and "nowhere" in msg and "download" in msg and "no internet" in msg

@@ -12,21 +12,44 @@ def _run(args, cwd):
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(cwd)}, timeout=120)
 
 
+#: Search spaces a user really writes wrong: a misspelled knob, a value of the wrong type, an unknown scorer.
+BAD_SPACES = {
+    "bad.yaml": "space:\n  p_inv: {type: float, low: 0.5, high: 0.01}\n",
+    "misspelled.yaml": "space:\n  alpah_max: {type: float, low: 0.1, high: 1000.0, log: true}\nfixed: {scorer: msp}\n",
+    "wrongtype.yaml": "space: {}\nfixed: {temperature: hot}\n",
+    "outside.yaml": "space:\n  temperature: {type: float, low: -1.0, high: 10.0}\n",
+    "scorer.yaml": "space: {}\nfixed: {scorer: nosuch}\n",
+}
+
+
 @pytest.mark.parametrize("args, message", [
-    (["sweep", "no-such-method"], "unknown method 'no-such-method'; known methods: "),
-    (["sweep", "ascood", "--benchmark", "no-such-bench"], "unknown benchmark 'no-such-bench'; known benchmarks: cifar10, cifar100, digits, fashion-mnist"),
+    (["sweep", "no-such-method"], "unknown method 'no-such-method' (known: ascood, csd,"),
+    (["sweep", "ascood", "--benchmark", "no-such-bench"], "unknown benchmark 'no-such-bench' (known: cifar10, cifar100, digits, fashion-mnist)"),
+    (["sweep", "ascood", "--benchmark", "digit"], "unknown benchmark 'digit'; did you mean 'digits'?"),
     (["sweep", "ascood", "--search-space", "bad.yaml"], "bad.yaml: space.p_inv: low (0.5) is above high (0.01)"),
+    (["sweep", "ascood", "--search-space", "misspelled.yaml"],
+     "misspelled.yaml: space.alpah_max: unknown knob 'alpah_max' for method ascood; did you mean 'alpha_max'?"),
+    (["sweep", "energy", "--search-space", "wrongtype.yaml"], "wrongtype.yaml: fixed.temperature = 'hot' is not float > 0"),
+    (["sweep", "energy", "--search-space", "outside.yaml"], "outside.yaml: space.temperature: low = -1.0 is not float > 0"),
+    (["sweep", "ascood", "--search-space", "scorer.yaml"], "scorer.yaml: ascood: unknown scorer 'nosuch' (valid: csd, dmr, energy,"),
+    (["sweep", "energy", "--objective", "val/nosuch:max"],
+     "--objective: objective 'val/nosuch' is not reported by any trial; did you mean 'val/auroc'?; reported: val/auroc,"),
+    (["sweep", "energy", "--objective", "near/auroc:max"], "test-set metrics are reported, never optimised on"),
+    (["sweep", "energy", "--epochs", "0"], "--epochs must be at least 1"),
+    (["sweep", "ascood", "--report-seconds", "nan"], "--report-seconds must be 0 or more, got nan"),
     (["sweep", "ascood", "--num-samples", "0"], "--num-samples must be at least 1"),
     (["sweep", "ascood", "--report-seconds", "-1"], "--report-seconds must be 0 or more, got -1.0"),
     (["sweep", "ascood", "--tracking-uri", "http://127.0.0.1:9"], "is not reachable"),
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, message):
-    (tmp_path / "bad.yaml").write_text("space:\n  p_inv: {type: float, low: 0.5, high: 0.01}\n")
+    for name, text in BAD_SPACES.items():
+        (tmp_path / name).write_text(text)
     before = set(p.name for p in tmp_path.iterdir())
     res = _run(args, tmp_path)
-    assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], res.stderr
     assert set(p.name for p in tmp_path.iterdir()) == before  # no mlflow.db, no ray_results
 
 
@@ -35,5 +58,14 @@ def test_help_and_list(tmp_path):
     assert res.returncode == 0 and "sweep" in res.stdout
     res = _run(["list"], tmp_path)
     assert res.returncode == 0
-    for name in ("ascood", "msp", "energy", "digits", "fashion-mnist"):
+    for name in ("ascood", "msp", "energy", "digits", "fashion-mnist", "resnet18"):
         assert name in res.stdout
+    assert "temperature: float > 0 = 1.0" in res.stdout  # energy's declared knob, read from source
+
+
+def test_list_imports_neither_torch_nor_ray(tmp_path):
+    code = ("import sys; from orchestrator.cli import main; main(['list']); "
+            "print('HEAVY', sorted(m for m in ('torch', 'ray', 'numpy', 'mlflow') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60)
+    assert "HEAVY []" in res.stdout, res.stdout[-500:] + res.stderr

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
 from orchestrator.sweep.runner import print_summary
+from orchestrator.sweep.runner import SweepResult
 from orchestrator.sweep.runner import run as run_sweep
 from orchestrator.tracking import figures
 from orchestrator.metrics import OODMatrix, ood_matrix
@@ -109,7 +110,7 @@ def test_sweep_figures_and_optuna_study(trial, tmp_path):
     assert [t.value for t in study.trials] == [v[1] for v in values]
     assert study.best_value == 0.61
 
-    res = sweep.SweepResult("figs", parent, uri, "", best_config=config, best_metrics={}, best_matrix=_matrix(result))
+    res = SweepResult("figs", parent, uri, "", best_config=config, best_metrics={}, best_matrix=_matrix(result))
     started = time.time()
     notes = figures.log_sweep_figures(prep, res, client)
     seconds = time.time() - started
@@ -130,7 +131,7 @@ def test_sweep_figures_skip_importances_with_one_trial(trial):
     client = MlflowClient(uri)
     exp = client.create_experiment("one-trial")
     parent = _sweep_runs(client, exp, result, [(2.0, 0.6)])
-    res = sweep.SweepResult("one", parent, uri, "", best_config=config, best_matrix=_matrix(result))
+    res = SweepResult("one", parent, uri, "", best_config=config, best_matrix=_matrix(result))
     notes = figures.log_sweep_figures(prep, res, client)
     assert len(notes) == 1 and "importances skipped" in notes[0] and "1 trial" in notes[0]
     names = {a.path for a in client.list_artifacts(parent, "figures")}
@@ -143,7 +144,7 @@ def test_sweep_without_a_finished_trial_gets_notes_not_errors(trial):
     client = MlflowClient(uri)
     exp = client.create_experiment("nothing")
     parent = client.create_run(exp, tags={"oodsweep.sweep": "nothing"}).info.run_id
-    res = sweep.SweepResult("nothing", parent, uri, "")
+    res = SweepResult("nothing", parent, uri, "")
     notes = figures.log_sweep_figures(prep, res, client)
     assert any("no finished trial" in n for n in notes)
     assert np.all([a.path != "figures/optuna_history.png" for a in client.list_artifacts(parent, "figures")])
