@@ -16,7 +16,7 @@ def mean_std(values, scale: float = 100.0) -> str:
 
 def command(script: str) -> str:
     """The command line that produced this table, quoted as a user would retype it."""
-    return f"python benchmarks/{script} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return f"python scripts/{script} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def comparison(results: dict[str, list[dict]], metrics, baseline_of: dict[str, str],

@@ -7,7 +7,7 @@ Measures, in one run on one machine:
 and prints T_sweep / T_train (goal: < 0.30). Sweep times are the driver's wall time from the start of
 `sweep.run` (Ray already started, so its ~3 s boot is reported separately) to the end.
 
-    python benchmarks/posthoc_sweep_speed.py [--benchmark fashion-mnist] [--trials 16]
+    python scripts/posthoc_sweep_speed.py [--benchmark fashion-mnist] [--trials 16]
 """
 from __future__ import annotations
 

@@ -4,11 +4,11 @@ Baselines (same seed, same cached CE classifier — the recipe's network with ``
 * UM, UMAP, OE vs CE + energy;
 * DMR, KIRBY vs CE + the best post-hoc scorer of this seed, chosen on **validation** AUROC (ID-val vs OOD-val)
   among the post-hoc scorers available (msp, energy, maxlogit, entropy, knn, vim, mahalanobis; default knobs).
-Every network is trained through ``orchestrator.trainable.run_trial`` (plain Python, no Ray) and cached in
+Every network is trained through ``orchestrator.trial.run_trial`` (plain Python, no Ray) and cached in
 ``--cache-dir``, so the CE classifier of a seed is trained once and shared by every method of that seed.
 FPR@95 is the classic convention (fraction of OOD accepted at 95% ID TPR).
 
-    python benchmarks/seed_methods_part1.py --benchmark fashion-mnist --seeds 0 1 2 --epochs 3 --finetune-epochs 1
+    python scripts/seed_methods_part1.py --benchmark fashion-mnist --seeds 0 1 2 --epochs 3 --finetune-epochs 1
 """
 from __future__ import annotations
 

@@ -4,10 +4,10 @@ Baselines (same seed, same cached CE classifier — the recipe's network with ``
 * MODE (ALPA fine-tuning + CSD) vs CE + KNN (the MODE paper's baseline); CE + CSD (no fine-tuning) is shown too,
   to separate the scorer's share from ALPA's;
 * OAML (feature-space outlier substitutes, see methods/oaml.py) vs CE + energy (OAML scores with energy).
-Every network is trained through ``orchestrator.trainable.run_trial`` (plain Python, no Ray) and cached in
+Every network is trained through ``orchestrator.trial.run_trial`` (plain Python, no Ray) and cached in
 ``--cache-dir``, so a seed's CE classifier is trained once and shared. FPR@95 is the classic convention.
 
-    python benchmarks/seed_methods_part2.py --benchmark fashion-mnist --seeds 0 1 2 --epochs 3 --finetune-epochs 1
+    python scripts/seed_methods_part2.py --benchmark fashion-mnist --seeds 0 1 2 --epochs 3 --finetune-epochs 1
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Speed of the whole system, measured in one run and printed as ratios (issue: paper-scale benchmarks & speed).
 
-    python benchmarks/system_speed.py [--only overhead,parallel,eval,knn,cli] [--trial-seconds 30] [--report-seconds 5 0]
+    python scripts/system_speed.py [--only overhead,parallel,eval,knn,cli] [--trial-seconds 30] [--report-seconds 5 0]
 
 1. overhead  — N trials through Ray Tune + Optuna + MLflow vs the same trials in a plain Python loop
                (goal: overhead < 10 % of trial time for trials of >= 30 s).

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from orchestrator import data as benchmarks
+from orchestrator.data.base import DataUnavailable
 from orchestrator.data import openood as oo
 
 N_TRAIN_PER_BATCH, N_TEST = 12, 20
@@ -132,7 +133,7 @@ def test_missing_data_is_one_message_naming_every_set(tmp_path, monkeypatch):
         raise OSError("no internet")
 
     monkeypatch.setattr(oo, "_download", offline)
-    with pytest.raises(benchmarks.DataUnavailable) as err:
+    with pytest.raises(DataUnavailable) as err:
         oo.load_openood("cifar10", str(tmp_path), download=True)
     msg = str(err.value)
     assert "\n" not in msg and calls == ["CIFAR10"]  # one failed download, then no more tries
@@ -151,7 +152,7 @@ def test_partly_missing_lists_only_the_missing_sets(data_root, tmp_path):
     shutil.copytree(data_root, root)
     shutil.rmtree(root / "images_classic" / "places365")
     (root / "benchmark_imglist" / "cifar10" / "test_texture.txt").unlink()
-    with pytest.raises(benchmarks.DataUnavailable) as err:
+    with pytest.raises(DataUnavailable) as err:
         oo.load_openood("cifar10", str(root), download=False)
     msg = str(err.value)
     assert "2 data set(s) missing" in msg and "5 of 5 images of test_places365.txt missing" in msg
@@ -177,7 +178,7 @@ def test_validation_overlapping_a_test_list_is_refused(data_root, tmp_path):
     shutil.copytree(data_root, root)
     lst = root / "benchmark_imglist" / "cifar10" / "test_tin.txt"
     lst.write_text(lst.read_text() + "tin/val/images/val_0.JPEG -1\n")
-    with pytest.raises(benchmarks.DataUnavailable, match="disjoint"):
+    with pytest.raises(DataUnavailable, match="disjoint"):
         oo.load_openood("cifar10", str(root), download=False)
 
 

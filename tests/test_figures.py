@@ -69,7 +69,7 @@ def test_heatmap_is_fast_and_logged_per_trial(trial, tmp_path):
 
 def test_best_scores_reproduce_the_trials_matrix(trial):
     prep, config, result, _, _ = trial
-    s_id, ood = figures.best_scores(prep, config)
+    s_id, ood = figures.best_scores(prep, config, prep.trial_settings())
     near = {n: s for n, (g, s) in ood.items() if g == "near"}
     far = {n: s for n, (g, s) in ood.items() if g == "far"}
     assert set(near) == set(prep.bench.near) and set(far) == set(prep.bench.far)

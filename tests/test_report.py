@@ -216,7 +216,7 @@ def test_sort_render_and_cli(fake_store, tmp_path, capsys):
 def test_missing_store_and_empty_experiment(tmp_path):
     import argparse
 
-    from orchestrator.sweep import UsageError
+    from orchestrator.errors import UsageError
 
     parser = argparse.ArgumentParser()
     report.add_parser(parser.add_subparsers(dest="command"))

@@ -83,7 +83,7 @@ def test_failed_trial_logs_its_error(tmp_path):
 
 
 def test_a_report_standing_for_several_epochs_logs_each_at_its_epoch(tmp_path):
-    from orchestrator.trainable import HISTORY_KEY
+    from orchestrator.tracking.runs import HISTORY_KEY
 
     uri, sweep, logger = _logger(tmp_path)
     t = _trial("t", k=1)

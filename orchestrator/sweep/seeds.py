@@ -39,9 +39,10 @@ def _trial_configs(prep, result, client, every_trial: bool) -> list[tuple[str, d
     configs = [(best_id, dict(result.best_config))]
     if every_trial:
         parent = client.get_run(result.parent_run_id)
-        runs = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'", max_results=5000)
-        for r in sorted(runs, key=lambda r: r.info.start_time):
+        children = client.search_runs([parent.info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+                                      max_results=5000)
+        for r in sorted(children, key=lambda r: r.info.start_time):
             tid = r.data.tags.get(runs.TRIAL_TAG)
             if tid and tid != best_id and r.data.tags.get(runs.SEED_REPEAT_TAG) != "true" and r.info.status == "FINISHED":
                 configs.append((tid, runs.typed_config(prep.space, prep.fixed, r.data.params)))
@@ -77,7 +78,7 @@ def rerun_best_with_seeds(prep, result, n_seeds: int, every_trial: bool = False,
     base = prep.trial_settings()
     best_id = _best_trial_id(result, parent)
     samples: dict[int, dict[str, float]] = {opts.seed: result.best_matrix.flat()}
-    runs: list[str] = []
+    run_ids: list[str] = []
     say = (lambda msg: None) if opts.quiet else (lambda msg: print(msg, flush=True))
     say(f"Seed repeats: {len(jobs)} runs ({'every trial' if every_trial else 'best config'} × seeds {seeds})")
 
@@ -86,7 +87,7 @@ def rerun_best_with_seeds(prep, result, n_seeds: int, every_trial: bool = False,
                                 tags={"mlflow.parentRunId": result.parent_run_id, runs.SEED_REPEAT_TAG: "true",
                                       runs.SOURCE_TRIAL_TAG: tid, **tags})
         run_id = run.info.run_id
-        runs.append(run_id)
+        run_ids.append(run_id)
         client.log_batch(run_id, params=[Param(k, v) for k, v in runs.as_params({**cfg, "seed": seed}).items()])
         if error is not None:
             client.set_tag(run_id, "error", error[:5000])
@@ -141,7 +142,7 @@ def rerun_best_with_seeds(prep, result, n_seeds: int, every_trial: bool = False,
                                                         for s, m in sorted(samples.items())},
              "summary": summary, "std": "sample std (ddof=1)"}
     client.log_dict(result.parent_run_id, table, "seeds.json")
-    return {"seeds": sorted(samples), "samples": samples, "summary": summary, "runs": runs}
+    return {"seeds": sorted(samples), "samples": samples, "summary": summary, "runs": run_ids}
 
 
 def _with_seed(settings, seed: int):
