@@ -3,14 +3,19 @@
 Layout under the cache root (``--cache-dir``, ``$OODSWEEP_CACHE`` or ``~/.cache/oodsweep``)::
 
     models/<key>/model.pt        state dict (loaded with weights_only=True)
+    models/<key>/model.pt.sha256 its checksum, written after it: an entry without one is not complete
     models/<key>/meta.json       the training config that produced it
-    models/<key>/outputs/<split>[+fmap].npz
+    models/<key>/outputs/<split>[+fmap].npz (+ .sha256)
     locks/<key>.lock             flock: one trainer per key, however many trials want it
+    corrupt/<key>-<time>/        entries that failed their checksum or could not be read, moved aside
     trained.log, extracted.log   one line per model trained / split extracted (how tests and benchmarks count)
 
-Every file is written to a temporary name in the same folder and renamed into place, so a trial that
-dies mid-write leaves no entry that could be read as complete. On a multi-node cluster point the cache
-at shared storage (NFS) to share models across nodes; a node-local cache still works, per node.
+Every file is written to a temporary name in the same folder and renamed into place, and its checksum after it,
+so a trial that dies mid-write leaves no entry that could be read as complete. An entry whose data does not match
+its checksum (a truncated copy, a disk error, a hand edit) or cannot be loaded is moved aside with one line on
+stderr and rebuilt — retrained or re-extracted — instead of failing every trial that reads it. On a multi-node
+cluster point the cache at shared storage (NFS) to share models across nodes; a node-local cache still works,
+per node.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +44,34 @@ def config_key(spec: dict[str, Any]) -> str:
     """Stable hash of a training config (key order and int/float spelling of equal values don't matter)."""
     canon = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(canon.encode()).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _write_checksummed(path: Path, write) -> None:
+    """Data first (atomically), then its checksum (atomically): the checksum's presence marks a complete entry."""
+    _atomic_write(path, write)
+    digest = _sha256(path)
+    _atomic_write(_checksum_path(path), lambda f: f.write(digest.encode()))
+
+
+def _intact(path: Path) -> bool | None:
+    """None: no complete entry (no data, or data whose checksum is not written yet: still being written, or its
+    writer died); True: the data matches its checksum; False: it does not (damaged)."""
+    check = _checksum_path(path)
+    if not path.is_file() or not check.is_file():
+        return None
+    return check.read_text().strip() == _sha256(path)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -61,6 +96,16 @@ class ModelCache:
     def _dir(self, key: str) -> Path:
         return self.root / "models" / key
 
+    def quarantine(self, key: str, what: str, why: str) -> Path:
+        """Move the entry of ``key`` aside (``corrupt/``) so that it is rebuilt, and say so in one line."""
+        target = self.root / "corrupt" / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.move(str(self._dir(key)), str(target))
+        print(f"warning: cached {what} {key} is damaged ({why}); moved to {target}, rebuilding it",
+              file=sys.stderr, flush=True)
+        return target
+
     @contextlib.contextmanager
     def lock(self, key: str):
         """Exclusive per-key lock across processes on this machine (and on NFS with working flock)."""
@@ -75,16 +120,25 @@ class ModelCache:
 
     # ---- models
     def has_model(self, key: str) -> bool:
-        return (self._dir(key) / "model.pt").is_file()
+        return bool(_intact(self._dir(key) / "model.pt"))
 
     def load_model(self, key: str, model) -> bool:
-        """Load the cached weights into ``model``; False when there is no entry."""
+        """Load the cached weights into ``model``; False when there is no complete, intact entry (a damaged one is
+        moved aside first, so the caller trains it again)."""
         import torch
 
         path = self._dir(key) / "model.pt"
-        if not path.is_file():
+        intact = _intact(path)
+        if intact is None:
             return False
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        if not intact:
+            self.quarantine(key, "network", "its data does not match its checksum")
+            return False
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # noqa: BLE001 - whatever makes it unreadable, the cure is to rebuild it
+            self.quarantine(key, "network", f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+            return False
         return True
 
     def save_model(self, key: str, model, spec: dict[str, Any], seconds: float) -> None:
@@ -93,7 +147,7 @@ class ModelCache:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         meta = {"spec": spec, "train_seconds": seconds, "created": time.time()}
         _atomic_write(self._dir(key) / "meta.json", lambda f: f.write(json.dumps(meta, indent=1, default=str).encode()))
-        _atomic_write(self._dir(key) / "model.pt", lambda f: torch.save(state, f))
+        _write_checksummed(self._dir(key) / "model.pt", lambda f: torch.save(state, f))
         with open(self.root / "trained.log", "a") as log:
             log.write(json.dumps({"key": key, "spec": spec, "seconds": seconds}, default=str) + "\n")
 
@@ -123,12 +177,24 @@ class ModelCache:
         return out
 
     def load_outputs(self, key: str, split: str, with_fmap: bool) -> Outputs | None:
+        """Stored outputs, or None when absent; a damaged file is deleted (with one line) so it is re-extracted."""
         path = self._outputs_path(key, split, with_fmap)
-        if not path.is_file():
-            return None
-        with np.load(path, allow_pickle=False) as d:
-            return Outputs(d["logits"], d["features"], d["labels"] if "labels" in d else None,
-                           d["fmap"] if "fmap" in d else None)
+        intact = _intact(path)
+        why = "its data does not match its checksum"
+        if intact:
+            try:
+                with np.load(path, allow_pickle=False) as d:
+                    return Outputs(d["logits"], d["features"], d["labels"] if "labels" in d else None,
+                                   d["fmap"] if "fmap" in d else None)
+            except Exception as exc:  # noqa: BLE001 - unreadable for any reason: re-extract
+                why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        if intact is not None:
+            for stale in (path, _checksum_path(path)):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+            print(f"warning: cached outputs {path} are damaged ({why}); extracting them again",
+                  file=sys.stderr, flush=True)
+        return None
 
     def save_outputs(self, key: str, split: str, with_fmap: bool, out: Outputs) -> None:
         arrays = {"logits": out.logits, "features": out.features}
@@ -136,6 +202,6 @@ class ModelCache:
             arrays["labels"] = out.labels
         if out.fmap is not None:
             arrays["fmap"] = out.fmap
-        _atomic_write(self._outputs_path(key, split, with_fmap), lambda f: np.savez(f, **arrays))
+        _write_checksummed(self._outputs_path(key, split, with_fmap), lambda f: np.savez(f, **arrays))
         with open(self.root / "extracted.log", "a") as log:
             log.write(json.dumps({"key": key, "split": split, "fmap": with_fmap}) + "\n")

@@ -160,14 +160,14 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
     params = trial_params(method, config, bench)
     device = pick_device()
     cache = ModelCache(settings.cache_dir)
-    model, key, _ = obtain_model(method, params, bench, settings, device, cache)
+    model, key, trained = obtain_model(method, params, bench, settings, device, cache)
     scorer = method.scorer(params)
     with_fmap = scorer.reads_feature_map
     store = OutputStore(model.eval(), bench, device, persist=functools.partial(cache.outputs, key))
     outputs = {(name, with_fmap): store.get(name, with_fmap) for name in bench.splits()}
     # Fit here only for scorers that share sweep work (fitting DMR's head or KIRBY's Grad-CAM would be wasted).
     work = fit_scorer(scorer, store).sweep_work(store) if scorer.shares_sweep_work else None
-    return {"key": key, "outputs": outputs, "work": work}
+    return {"key": key, "outputs": outputs, "work": work, "trained": trained}
 
 
 def seed_everything(settings: TrialSettings) -> None:

@@ -2,6 +2,7 @@
 import multiprocessing as mp
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,3 +71,53 @@ def test_interrupted_write_leaves_no_entry(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", real_save)
     cache.save_model("k", torch.nn.Linear(2, 2), {}, 0.0)
     assert cache.load_model("k", torch.nn.Linear(2, 2))
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_cached_network_is_moved_aside_and_retrained(tmp_path, capsys):
+    bench = benchmarks.load("digits", smoke=True)
+    settings = TrialSettings("energy", cache_dir=str(tmp_path), threads=1)
+    first = run_trial({"epochs": 1}, bench, settings)
+    _truncate(tmp_path / "models" / first["model_key"] / "model.pt")
+    again = run_trial({"epochs": 1}, bench, settings)
+    assert again["trained_model"]
+
+
+def test_a_damaged_entry_is_reported_in_one_line(tmp_path, capsys):
+    cache = ModelCache(tmp_path)
+    cache.save_model("k", torch.nn.Linear(2, 2), {}, 0.0)
+    _truncate(tmp_path / "models" / "k" / "model.pt")
+    capsys.readouterr()
+    assert not cache.load_model("k", torch.nn.Linear(2, 2))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cached network k is damaged" in lines[0]
+
+
+def test_a_damaged_entry_is_kept_for_inspection(tmp_path):
+    cache = ModelCache(tmp_path)
+    cache.save_model("k", torch.nn.Linear(2, 2), {}, 0.0)
+    _truncate(tmp_path / "models" / "k" / "model.pt")
+    cache.load_model("k", torch.nn.Linear(2, 2))
+    assert [p.name.split("-")[0] for p in (tmp_path / "corrupt").iterdir()] == ["k"]
+
+
+def test_damaged_outputs_are_extracted_again(tmp_path):
+    from methods.base import Outputs
+
+    cache = ModelCache(tmp_path)
+    out = Outputs(np.ones((3, 2), np.float32), np.ones((3, 4), np.float32))
+    cache.save_outputs("k", "id_test", False, out)
+    _truncate(next((tmp_path / "models" / "k" / "outputs").glob("*.npz")))
+    assert cache.outputs("k", "id_test", False, lambda: out).logits.shape == (3, 2)
+    assert cache.extracted_count() == 2
+
+
+def test_data_without_its_checksum_counts_as_not_there(tmp_path):
+    cache = ModelCache(tmp_path)
+    cache.save_model("k", torch.nn.Linear(2, 2), {}, 0.0)
+    (tmp_path / "models" / "k" / "model.pt.sha256").unlink()  # the writer died between data and checksum
+    assert not cache.has_model("k")

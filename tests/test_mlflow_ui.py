@@ -48,7 +48,7 @@ def swept(tmp_path_factory):
     from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
     from orchestrator.sweep.runner import print_summary
     from orchestrator.sweep.runner import run as run_sweep
-from orchestrator.tracking import figures
+    from orchestrator.tracking import figures
     from orchestrator.metrics import OODMatrix
 
     tmp = tmp_path_factory.mktemp("ui")

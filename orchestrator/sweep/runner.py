@@ -34,6 +34,8 @@ class SweepResult:
     num_trials: int = 0
     num_errors: int = 0
     seconds: float = 0.0
+    #: model cache key → True when this sweep trained that network, False when it came from the cache.
+    networks: dict[str, bool] = field(default_factory=dict)
 
 
 def _quiet_libraries() -> None:
@@ -48,15 +50,22 @@ def _quiet_libraries() -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
-def _init_ray(opts: SweepOptions):
+def _init_ray(opts: SweepOptions) -> tuple[str | None, str]:
+    """Join the cluster the user named (``--address`` / ``RAY_ADDRESS``) or start a private local one.
+
+    Without an address the sweep always starts its own instance (``address="local"``): a bare ``ray.init()`` would
+    join — or, through a stale address file, fail to join — a cluster someone started with ``ray start`` on this
+    machine. Returns (dashboard URL or None, a line saying which cluster this sweep uses).
+    """
     import ray
 
     if ray.is_initialized():
-        return None
+        return None, "Ray: the instance already running in this process"
     address = opts.address or os.environ.get("RAY_ADDRESS")
     if address:
-        return ray.init(address=address, log_to_driver=False).dashboard_url
-    kwargs = dict(num_cpus=opts.num_cpus or os.cpu_count(), log_to_driver=False,
+        ctx = ray.init(address=address, log_to_driver=False)
+        return ctx.dashboard_url, f"Ray: joined the cluster at {ctx.address_info.get('gcs_address', address)}"
+    kwargs = dict(address="local", num_cpus=opts.num_cpus or os.cpu_count(), log_to_driver=False,
                   include_dashboard=opts.dashboard, configure_logging=True, logging_level="WARNING")
     if opts.num_gpus is not None:
         kwargs["num_gpus"] = opts.num_gpus
@@ -64,7 +73,9 @@ def _init_ray(opts: SweepOptions):
         kwargs["dashboard_host"] = opts.dashboard_host
     if os.environ.get("OODSWEEP_OBJECT_STORE_MB"):
         kwargs["object_store_memory"] = int(os.environ["OODSWEEP_OBJECT_STORE_MB"]) * 2**20
-    return ray.init(**kwargs).dashboard_url
+    ctx = ray.init(**kwargs)
+    return ctx.dashboard_url, (f"Ray: a private local instance ({kwargs['num_cpus']} CPUs; other Ray clusters on "
+                               f"this machine are left alone; --address auto joins a running one)")
 
 
 def _say(opts: SweepOptions, msg: str) -> None:
@@ -106,7 +117,8 @@ def run(prep: Prepared) -> SweepResult:
     method = methods.get(opts.method)
     started = time.time()
     _quiet_libraries()
-    dashboard = _init_ray(opts)
+    dashboard, which = _init_ray(opts)
+    _say(opts, which)
     if dashboard:
         _say(opts, f"Ray dashboard: http://{dashboard}  (access token: `ray get-auth-token`)")
     tags = {"method": method.name, "benchmark": bench.name, "paper": method.paper}
@@ -121,7 +133,7 @@ def run(prep: Prepared) -> SweepResult:
     status = "FAILED"
     try:
         settings = prep.trial_settings()
-        shared = _prewarm(method, space, prep.fixed, bench, settings, prep.resources, opts)
+        shared, prepared_network = _prewarm(method, space, prep.fixed, bench, settings, prep.resources, opts)
         trainable = tune.with_resources(
             tune.with_parameters(tune_trainable, bench=bench, settings=settings.as_dict(), shared=shared,
                                  reporting=scheduling.report_policy(prep)),
@@ -149,6 +161,7 @@ def run(prep: Prepared) -> SweepResult:
             tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
         grid = tuner.fit()
         result = _summarise(prep, grid, sweep_run, started)
+        result.networks.update(prepared_network)
         if opts.seeds and result.best_matrix is not None:
             from orchestrator.sweep.seeds import rerun_best_with_seeds
 
@@ -167,7 +180,8 @@ def run(prep: Prepared) -> SweepResult:
 
 def _prewarm(method, space, fixed, bench, settings, resources, opts):
     """For a post-hoc sweep whose knobs never change the network: train/load it and extract its outputs in
-    one Ray task, and return the ObjectRef that every trial reads them from. None when trials differ in network.
+    one Ray task, and return the ObjectRef that every trial reads them from (None when trials differ in network),
+    with {cache key: whether that task trained the network}.
     """
     import ray
 
@@ -175,15 +189,15 @@ def _prewarm(method, space, fixed, bench, settings, resources, opts):
 
     network = method.network_knobs()
     if method.trains() or any(k.name in network for k in space.knobs):
-        return None
+        return None, {}
     _say(opts, "Preparing the shared classifier and its outputs (trained once, cached by config hash)...")
     # Nothing else runs yet: give the preparation every CPU of the largest node.
     node_cpus = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
     cpus = max(resources["cpu"], node_cpus)
     task = ray.remote(shared_outputs).options(num_cpus=cpus, num_gpus=resources["gpu"], max_retries=opts.max_failures)
     ref = task.remote(dict(fixed), bench, dataclasses.replace(settings, threads=max(1, int(cpus))))
-    ray.get(ref)  # surface a failure here, before any trial starts
-    return ref
+    done = ray.get(ref)  # surface a failure here, before any trial starts
+    return ref, {done["key"]: bool(done["trained"])}
 
 
 def _summarise(prep: Prepared, grid, sweep_run, started: float) -> SweepResult:
@@ -191,6 +205,10 @@ def _summarise(prep: Prepared, grid, sweep_run, started: float) -> SweepResult:
     finished = [r for r in grid if r.error is None and r.metrics and r.metrics.get("final")]
     res = SweepResult(prep.name, sweep_run.run_id, prep.tracking_uri, grid.experiment_path,
                       num_trials=len(grid), num_errors=grid.num_errors, seconds=time.time() - started)
+    for r in finished:
+        key = r.metrics.get("model_key")
+        if key:
+            res.networks[key] = res.networks.get(key, False) or bool(r.metrics.get("trained_model"))
     if not finished:
         return res
     sign = 1 if space.mode == "max" else -1
@@ -230,6 +248,10 @@ def print_summary(res: SweepResult, metric: str, out=sys.stdout) -> None:
         print("Test OOD metric matrix (%):", file=out)
         print(res.best_matrix.format(), file=out)
     print(f"\nTrials: {res.num_trials} ({res.num_errors} failed) in {res.seconds:.1f} s", file=out)
+    if res.networks:
+        cached = sorted(k for k, trained in res.networks.items() if not trained)
+        print(f"Networks: {len(res.networks) - len(cached)} trained by this sweep, {len(cached)} from the model cache"
+              + (f" ({', '.join(cached[:4])}{', ...' if len(cached) > 4 else ''})" if cached else ""), file=out)
     print(f"MLflow: parent run {res.parent_run_id} in {res.tracking_uri}", file=out)
     print(f"        mlflow ui --backend-store-uri {res.tracking_uri}   (or: python -m orchestrator ui)", file=out)
     print(f"Ray results: {res.results_path}", file=out)
