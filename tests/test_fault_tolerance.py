@@ -41,8 +41,8 @@ def test_a_trial_that_raises_fails_alone_and_its_error_reaches_mlflow(workdir):
     from orchestrator.sweep.runner import print_summary
     from orchestrator.sweep.runner import run as run_sweep
 
-    # T = 1e-300 is a valid temperature (> 0) that overflows z/T: the trial raises on non-finite scores at run time.
-    (workdir / "bad.yaml").write_text("space:\n  temperature: {type: categorical, choices: [1.0e-300, 1.0]}\n"
+    # T = 1e-320 is a valid temperature (> 0) whose z/T overflows to inf: the trial raises on non-finite scores at run time.
+    (workdir / "bad.yaml").write_text("space:\n  temperature: {type: categorical, choices: [1.0e-320, 1.0]}\n"
                                       "budget: {num_samples: 6, max_concurrent: 2}\n")
     try:
         prep = prepare(_opts(workdir, method="energy", smoke_test=True, search_space=str(workdir / "bad.yaml"),
@@ -54,7 +54,7 @@ def test_a_trial_that_raises_fails_alone_and_its_error_reaches_mlflow(workdir):
     failed = [c for c in children if c.info.status == "FAILED"]
     ok = [c for c in children if c.info.status == "FINISHED"]
     assert len(children) == 6 and failed and ok and res.num_errors == len(failed)
-    assert all(c.data.params["temperature"] == "1e-300" for c in failed)
+    assert all(c.data.params["temperature"] == "1e-320" for c in failed)
     assert all("non-finite scores" in c.data.tags["error"] for c in failed)
     assert all("near/auroc" in c.data.metrics for c in ok)
     assert res.best_matrix is not None and parents[0].info.status == "FINISHED"

@@ -140,7 +140,8 @@ def sweep_records(tracking_uri: str, sweeps: list[str] | None = None, experiment
 def leaderboard(tracking_uri: str, sweeps: list[str] | None = None, experiment: str = "oodsweep") -> "pd.DataFrame":
     """The leaderboard as a DataFrame: one row per (method, benchmark[, smoke][, FPR@95 convention]).
 
-    Columns: method, benchmark, convention, smoke_test, seeds (samples averaged), sweeps (how many), then each
+    Columns: method, benchmark, convention, smoke_test, seeds (distinct seeds averaged), merged (results that
+    repeated an already counted seed, i.e. the same trained network), sweeps (how many), then each
     of :data:`METRICS` (mean) with ``<col>_std``, then val_metric, val (the best sweep's validation value),
     best_config (that sweep's best trial's searched knobs, ``k=v, ...``), best_sweep, best_run_id, parent_run_ids.
     """
@@ -156,11 +157,25 @@ def _aggregate(records: list[dict]) -> "pd.DataFrame":
         groups.setdefault((rec["method"], rec["benchmark"], rec["smoke_test"], rec["convention"]), []).append(rec)
     rows = []
     for (method, bench, smoke, convention), recs in groups.items():
-        samples = [m for rec in recs for m in rec["samples"].values()]
-        sign = lambda r: (1 if r["val_mode"] == "max" else -1) * (r["val"] if _is_number(r["val"]) else -math.inf)  # noqa: E731
-        top = max(recs, key=lambda r: (sign(r), r["start_time"]))
+        def rank(r):
+            value = r["val"] if _is_number(r["val"]) else -math.inf
+            return (1 if r["val_mode"] == "max" else -1) * value, r["start_time"]
+
+        ranked = sorted(recs, key=rank, reverse=True)
+        top = ranked[0]
+        # n = distinct seeds: a seed fixes the trained network, so two sweeps (or a sweep and a seed repeat) with the
+        # same seed measure the same network twice. Keep one sample per seed — the best sweep's — and count the rest.
+        by_seed: dict[str, dict] = {}
+        merged = 0
+        for rec in ranked:
+            for seed, metrics in rec["samples"].items():
+                if str(seed) in by_seed:
+                    merged += 1
+                else:
+                    by_seed[str(seed)] = metrics
+        samples = list(by_seed.values())
         row: dict[str, Any] = {"method": method, "benchmark": bench, "convention": convention, "smoke_test": smoke,
-                               "seeds": len(samples), "sweeps": len(recs)}
+                               "seeds": len(samples), "merged": merged, "sweeps": len(recs)}
         for col, name in METRICS.items():
             values = [float(m[name]) for m in samples if _is_number(m.get(name))]
             row[col] = float(np.mean(values)) if values else float("nan")
@@ -170,7 +185,7 @@ def _aggregate(records: list[dict]) -> "pd.DataFrame":
                     "best_sweep": top["sweep"], "best_run_id": top["best_run_id"],
                     "parent_run_ids": ",".join(r["parent_run_id"] for r in recs)})
         rows.append(row)
-    columns = ["method", "benchmark", "convention", "smoke_test", "seeds", "sweeps",
+    columns = ["method", "benchmark", "convention", "smoke_test", "seeds", "merged", "sweeps",
                *[c for col in METRICS for c in (col, f"{col}_std")],
                "val_metric", "val", "best_config", "best_sweep", "best_run_id", "parent_run_ids"]
     df = pd.DataFrame(rows, columns=columns)
@@ -216,9 +231,12 @@ def _display(df: "pd.DataFrame") -> tuple[list[str], list[list[str]], str]:
         if one is None:
             cells.insert(2, r["convention"])
         rows.append(cells)
-    note = ("Test metrics in % (mean ± std over seeds where seeds > 1); FPR@95 convention: "
+    merged = int(df["merged"].sum()) if len(df) else 0
+    repeats = (f" {merged} result(s) measured a seed already counted (the same trained network) and were merged: "
+               "Seeds counts distinct seeds." if merged else "")
+    note = ("Test metrics in % (mean ± std over distinct seeds where seeds > 1); FPR@95 convention: "
             + (f"{one}" if one else "per row") + " (classic = OOD accepted at 95% ID acceptance; "
-            "openood = ID rejected at 95% OOD rejection). Best config chosen on validation only.")
+            "openood = ID rejected at 95% OOD rejection). Best config chosen on validation only." + repeats)
     return header, rows, note
 
 
