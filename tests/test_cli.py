@@ -8,8 +8,10 @@ from tests.conftest import ROOT
 
 
 def _run(args, cwd):
+    home = cwd.parent / f"{cwd.name}-home"  # Ray keeps its auth token under $HOME: not the folder we check
+    home.mkdir(exist_ok=True)
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(cwd)}, timeout=120)
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(home)}, timeout=120)
 
 
 #: Search spaces a user really writes wrong: a misspelled knob, a value of the wrong type, an unknown scorer.
@@ -40,10 +42,24 @@ BAD_SPACES = {
     (["sweep", "ascood", "--num-samples", "0"], "--num-samples must be at least 1"),
     (["sweep", "ascood", "--report-seconds", "-1"], "--report-seconds must be 0 or more, got -1.0"),
     (["sweep", "ascood", "--tracking-uri", "http://127.0.0.1:9"], "is not reachable"),
+    (["sweep", "energy", "--tracking-uri", "afolder"], "is a folder, and MLflow 3 keeps runs in a database"),
+    (["sweep", "energy", "--tracking-uri", "sqlite:///broken.db"], "broken.db cannot be read (file is not a database)"),
+    (["sweep", "energy", "--tracking-uri", "sqlite:////nonexistent-dir/x/mlflow.db"], "folder /nonexistent-dir/x does not exist"),
+    (["report", "--tracking-uri", "sqlite:///broken.db"], "broken.db cannot be read (file is not a database)"),
+    (["sweep", "energy", "--storage-path", "afile"], "afile is a file, not a folder"),
+    (["sweep", "energy", "--name", "n" * 300], "--name may be at most 100 characters"),
+    (["sweep", "energy", "--max-failures", "-1"], "--max-failures must be 0 or more"),
+    (["sweep", "energy", "--address", "127.0.0.1:9"], "--address 127.0.0.1:9: nothing answers there"),
+    # needs the cluster, so Ray starts (a private instance) — and still nothing is written
+    (["sweep", "energy", "--no-dashboard", "--cpus-per-trial", "64"],
+     "no node of this Ray cluster can run a trial: 64 CPUs per trial, but the largest node has"),
 ])
 def test_bad_input_fails_cleanly(tmp_path, args, message):
     for name, text in BAD_SPACES.items():
         (tmp_path / name).write_text(text)
+    (tmp_path / "afolder").mkdir()
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "broken.db").write_bytes(b"this is not an SQLite database" * 100)
     before = set(p.name for p in tmp_path.iterdir())
     res = _run(args, tmp_path)
     lines = res.stderr.strip().splitlines()

@@ -5,6 +5,7 @@ one line, before Ray starts or an MLflow run exists, so bad input writes nothing
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,10 @@ from orchestrator.tracking import runs
 from orchestrator.trial import TrialSettings
 
 SMOKE_BUDGET = {"num_samples": 2, "max_concurrent": 2, "epochs": 1}
+#: Longest sweep name: it names a results folder, MLflow runs and Tune's trial folders below it.
+MAX_NAME = 100
+#: Seconds to wait for a cluster address to answer before saying nothing listens there.
+ADDRESS_TIMEOUT = 5.0
 
 
 @dataclass
@@ -104,6 +109,9 @@ def prepare(opts: SweepOptions) -> Prepared:
             raise UsageError(f"{exc}, or a custom benchmark YAML file") from None
     if opts.convention not in CONVENTIONS:
         raise UsageError(f"unknown FPR@95 convention {opts.convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    if opts.max_failures < 0:
+        raise UsageError(f"--max-failures must be 0 or more (retries of a trial whose worker died), got "
+                         f"{opts.max_failures}")
     for flag, value in (("--num-samples", opts.num_samples), ("--max-concurrent", opts.max_concurrent),
                         ("--epochs", opts.epochs), ("--grace-period", opts.grace_period)):
         if value is not None and value < 1:
@@ -153,14 +161,19 @@ def prepare(opts: SweepOptions) -> Prepared:
     name = opts.name or f"{method.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise UsageError(f"--name may hold letters, digits, '-', '_' and '.' only, got {name!r}")
+    if len(name) > MAX_NAME:
+        raise UsageError(f"--name may be at most {MAX_NAME} characters (it names folders and runs), got {len(name)}")
     uri = runs.resolve_tracking_uri(opts.tracking_uri)
     try:
-        runs.check_reachable(uri)
+        runs.check_store(uri)
     except ConnectionError as exc:
         raise UsageError(str(exc)) from None
     storage = opts.storage_path or "ray_results"
     if "://" not in storage:
         storage = str(Path(storage).resolve())
+        _check_storage(Path(storage))
+    if opts.address:
+        _check_address(opts.address)
     return Prepared(opts, space, bench, name, uri, storage,
                     opts.num_samples or smoke.get("num_samples") or space.num_samples,
                     opts.max_concurrent or smoke.get("max_concurrent") or space.max_concurrent, fixed, resources)
@@ -175,3 +188,33 @@ def prepare_resume(target: str, storage_path: str | None = None, **overrides) ->
     prep = prepare(opts)
     prep.resume = saved
     return prep
+
+
+def _check_storage(folder: Path) -> None:
+    """The local results folder must be (or become) a writable folder."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"--storage-path {folder}: {existing} is a file, not a folder")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--storage-path {folder}: {existing} is not writable by this user")
+
+
+def _check_address(address: str) -> None:
+    """A cluster address must answer within ADDRESS_TIMEOUT seconds (``ray.init`` itself retries for minutes)."""
+    import socket
+
+    if address == "auto":
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
+        if not current.is_file():
+            raise UsageError("--address auto: no Ray cluster was started on this machine (ray start --head); "
+                             "drop --address to start a private one")
+        address = current.read_text().strip()
+    target = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = target.rpartition(":")
+    if not port.isdigit():
+        raise UsageError(f"--address {address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379), ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=ADDRESS_TIMEOUT).close()
+    except OSError as exc:
+        raise UsageError(f"--address {address}: nothing answers there within {ADDRESS_TIMEOUT:.0f} s ({exc}); "
+                         f"start the cluster (ray start --head) or drop --address") from None

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import methods
 from orchestrator import search_space
 from orchestrator.metrics import OODMatrix
 from orchestrator.sweep import scheduling, state
+from orchestrator.errors import UsageError
 from orchestrator.sweep.prepare import Prepared, SweepOptions
 
 
@@ -38,16 +41,62 @@ class SweepResult:
     networks: dict[str, bool] = field(default_factory=dict)
 
 
-def _quiet_libraries() -> None:
-    """Our progress lines replace Ray's table reporter; keep Optuna and Tune's chatter out of them."""
-    import logging
+#: Loggers of the libraries a sweep drives; their records go to the sweep's log file, not to the terminal.
+#: ``ray.init`` resets the "ray" logger, so its busiest children get the handler too (and it is set again after).
+LIBRARY_LOGGERS = ("ray", "ray._private", "ray.tune", "ray.train", "ray.air", "ray.util", "ray.autoscaler",
+                   "mlflow", "optuna", "alembic", "sqlalchemy", "urllib3", "filelock", "py.warnings")
+
+
+def _quiet_libraries():
+    """Keep the libraries' log records off the terminal, so stderr carries only what the user must act on (our
+    progress lines replace Ray's table reporter). Records are held in memory until :func:`_start_log_file` knows
+    that the sweep really starts (bad input writes nothing), then go to one file whose path is printed."""
+    from logging.handlers import MemoryHandler
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Snapshot Tune's experiment state every second (default: >= 10 s): a driver killed later than that after a
     # trial finished resumes without rerunning it. The state is small (trial list + Optuna study).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    logging.getLogger("optuna").setLevel(logging.WARNING)
+    # Import them first: each installs its own terminal handler at import time, which is replaced here.
+    import mlflow  # noqa: F401
+    import optuna  # noqa: F401
+    import ray  # noqa: F401
+
+    held = MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    _log_to(held)
+    logging.captureWarnings(True)
+    return held
+
+
+def _start_log_file(prep: Prepared, held) -> Path:
+    """The sweep's log file (in its results folder, or the temp folder for remote storage), with the held records."""
+    import tempfile
+
+    if "://" in prep.storage_path:
+        path = Path(tempfile.gettempdir()) / f"oodsweep-{prep.name}.log"
+    else:
+        path = Path(prep.experiment_path) / "oodsweep.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    held.setTarget(handler)
+    held.flush()
+    held.close()
+    _log_to(handler)
+    return path
+
+
+def _log_to(handler) -> None:
+    """``handler`` becomes the only handler of the library loggers (again after ``ray.init`` reset them)."""
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        # INFO of what we drive; database and HTTP internals only when they warn.
+        logger.setLevel(logging.WARNING if name in ("sqlalchemy", "alembic", "urllib3", "filelock") else logging.INFO)
+        logger.propagate = False
 
 
 def _init_ray(opts: SweepOptions) -> tuple[str | None, str]:
@@ -63,10 +112,11 @@ def _init_ray(opts: SweepOptions) -> tuple[str | None, str]:
         return None, "Ray: the instance already running in this process"
     address = opts.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ctx = ray.init(address=address, log_to_driver=False)
+        ctx = ray.init(address=address, log_to_driver=False, configure_logging=False)
         return ctx.dashboard_url, f"Ray: joined the cluster at {ctx.address_info.get('gcs_address', address)}"
+    # configure_logging=False: Ray keeps its records in the "ray" logger, which _quiet_libraries sends to a file.
     kwargs = dict(address="local", num_cpus=opts.num_cpus or os.cpu_count(), log_to_driver=False,
-                  include_dashboard=opts.dashboard, configure_logging=True, logging_level="WARNING")
+                  include_dashboard=opts.dashboard, configure_logging=False)
     if opts.num_gpus is not None:
         kwargs["num_gpus"] = opts.num_gpus
     if opts.dashboard:
@@ -76,6 +126,43 @@ def _init_ray(opts: SweepOptions) -> tuple[str | None, str]:
     ctx = ray.init(**kwargs)
     return ctx.dashboard_url, (f"Ray: a private local instance ({kwargs['num_cpus']} CPUs; other Ray clusters on "
                                f"this machine are left alone; --address auto joins a running one)")
+
+
+def _check_resources(resources: dict[str, float], opts: SweepOptions) -> None:
+    """A trial asking for more CPUs or GPUs than any node has would wait forever: refuse it with one line — unless
+    an autoscaler runs, which may add such a node (then say that the sweep waits for it)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    biggest = {"cpu": max((n.get("CPU", 0) for n in nodes), default=0),
+               "gpu": max((n.get("GPU", 0) for n in nodes), default=0)}
+    short = [f"{resources[k]:g} {k.upper()}s per trial, but the largest node has {biggest[k]:g}"
+             for k in ("cpu", "gpu") if resources[k] > biggest[k]]
+    if not short:
+        return
+    joined = bool(opts.address or os.environ.get("RAY_ADDRESS"))
+    if joined and _autoscaling():
+        _say(opts, f"Waiting for the autoscaler to add a node: {'; '.join(short)}")
+        return
+    flags = "--cpus-per-trial/--gpus-per-trial (or the YAML's resources)"
+    raise UsageError(f"no node of this Ray cluster can run a trial: {'; '.join(short)}; lower {flags}"
+                     f"{'' if joined else ' or pass --num-cpus/--num-gpus'}")
+
+
+def _autoscaling() -> bool:
+    """True when this cluster's autoscaler knows node types of its own (a cluster-launcher or KubeRay config), so
+    it may add the nodes a trial needs. A plain ``ray start`` or local instance maps each node to an ad-hoc type
+    named after the node itself."""
+    import json
+
+    try:
+        from ray.experimental.internal_kv import _internal_kv_get  # Ray exposes no public check of this
+
+        status = json.loads(_internal_kv_get("__autoscaling_status") or b"{}")
+    except Exception:  # noqa: BLE001 - no way to tell: assume a fixed cluster
+        return False
+    mapping = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    return any(node_type != f"node_{node}" for node, node_type in mapping.items())
 
 
 def _say(opts: SweepOptions, msg: str) -> None:
@@ -116,9 +203,11 @@ def run(prep: Prepared) -> SweepResult:
     opts, space, bench = prep.opts, prep.space, prep.bench
     method = methods.get(opts.method)
     started = time.time()
-    _quiet_libraries()
+    held = _quiet_libraries()
     dashboard, which = _init_ray(opts)
-    _say(opts, which)
+    _log_to(held)  # ray.init reset the "ray" logger
+    _check_resources(prep.resources, opts)
+    _say(opts, f"{which}\nLibrary logs (Ray, MLflow, Optuna): {_start_log_file(prep, held)}")
     if dashboard:
         _say(opts, f"Ray dashboard: http://{dashboard}  (access token: `ray get-auth-token`)")
     tags = {"method": method.name, "benchmark": bench.name, "paper": method.paper}

@@ -281,11 +281,15 @@ def run(args) -> int:
     import os
 
     from orchestrator.errors import UsageError
-    from orchestrator.tracking.runs import resolve_tracking_uri
+    from orchestrator.tracking.runs import check_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
         raise UsageError(f"no MLflow store at {uri[len('sqlite:///'):]}; run a sweep first or pass --tracking-uri")
+    try:
+        check_store(uri)
+    except ConnectionError as exc:
+        raise UsageError(str(exc)) from None
     records = sweep_records(uri, args.sweeps or None, args.experiment)
     missing = sorted(set(args.sweeps or ()) - {r["sweep"] for r in records})
     if missing:

@@ -7,6 +7,7 @@ creating duplicates.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,6 +44,44 @@ def client_for(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with one line, when the MLflow store cannot work: a server that is down, a folder (MLflow 3 needs
+    a database), an SQLite file that cannot be created or opened, or one that is not a database. Writes nothing."""
+    if uri.startswith("file:"):
+        raise ConnectionError(f"--tracking-uri {uri} is a folder, and MLflow 3 keeps runs in a database: pass "
+                              f"sqlite:///PATH/mlflow.db, or an http:// tracking server")
+    if uri.startswith("sqlite:///"):
+        _check_sqlite(Path(uri[len("sqlite:///"):]), timeout)
+        return
+    check_reachable(uri, timeout)
+
+
+def _check_sqlite(path: Path, timeout: float) -> None:
+    import sqlite3
+
+    if path.is_dir():
+        raise ConnectionError(f"MLflow store {path} is a folder, not an SQLite file; pass sqlite:///{path}/mlflow.db")
+    if not path.exists():
+        folder = path.parent
+        if not folder.is_dir():
+            raise ConnectionError(f"MLflow store {path} cannot be created: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise ConnectionError(f"MLflow store {path} cannot be created: folder {folder} is not writable")
+        return
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise ConnectionError(f"MLflow store {path} is not readable and writable by this user")
+    try:  # read-only: opening a damaged file must not change it
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)) as db:
+            db.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+            bad = db.execute("PRAGMA quick_check").fetchone()
+    except sqlite3.Error as exc:
+        raise ConnectionError(f"MLflow store {path} cannot be read ({exc}); move it aside or pass another "
+                              f"--tracking-uri") from None
+    if bad and bad[0] != "ok":
+        raise ConnectionError(f"MLflow store {path} is damaged (SQLite quick_check: {bad[0][:120]}); move it aside "
+                              f"or pass another --tracking-uri")
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
