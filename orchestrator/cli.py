@@ -87,6 +87,10 @@ def _cmd_sweep(args) -> int:
             quiet=args.quiet))
     result = run(prep)
     print_summary(result, prep.space.metric)
+    if result.interrupted:
+        from orchestrator.sweep.interrupt import EXIT_CODES
+
+        return EXIT_CODES[result.interrupted]
     return 0 if result.best_matrix is not None else 1
 
 

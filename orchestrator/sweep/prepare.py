@@ -183,6 +183,7 @@ def prepare_resume(target: str, storage_path: str | None = None, **overrides) ->
     """Re-validate an interrupted sweep from its saved state (a sweep name, or its results folder)."""
     folder = Path(target) if Path(target).is_dir() else Path(storage_path or "ray_results").resolve() / target
     saved = state.read(folder)
+    state.check_trusted(folder)
     opts = SweepOptions(**{**saved["options"], **{k: v for k, v in overrides.items() if v is not None}})
     opts.name, opts.storage_path = folder.name, str(folder.parent)
     prep = prepare(opts)

@@ -20,6 +20,7 @@ import methods
 from orchestrator import search_space
 from orchestrator.metrics import OODMatrix
 from orchestrator.sweep import scheduling, state
+from orchestrator.sweep.interrupt import StopSignals
 from orchestrator.errors import UsageError
 from orchestrator.sweep.prepare import Prepared, SweepOptions
 
@@ -39,6 +40,10 @@ class SweepResult:
     seconds: float = 0.0
     #: model cache key → True when this sweep trained that network, False when it came from the cache.
     networks: dict[str, bool] = field(default_factory=dict)
+    #: "SIGINT" or "SIGTERM" when the user stopped the sweep (its runs are then KILLED), else None.
+    interrupted: str | None = None
+    #: The command that continues this sweep.
+    resume_command: str = ""
 
 
 #: Loggers of the libraries a sweep drives; their records go to the sweep's log file, not to the terminal.
@@ -171,13 +176,15 @@ def _say(opts: SweepOptions, msg: str) -> None:
 
 
 def _open_parent_run(prep: Prepared, method, tags: dict[str, str]):
+    """The sweep's parent run — a new one, or the resumed sweep's (RUNNING again) with the status it had."""
     from orchestrator.tracking.runs import SweepRun
 
     opts, space, bench = prep.opts, prep.space, prep.bench
     if prep.resume:
         sweep_run = SweepRun(prep.tracking_uri, opts.experiment, prep.name, run_id=prep.resume["parent_run_id"])
+        before = sweep_run.client.get_run(sweep_run.run_id).info.status
         sweep_run.client.update_run(sweep_run.run_id, status="RUNNING")
-        return sweep_run
+        return sweep_run, before
     sweep_run = SweepRun(prep.tracking_uri, opts.experiment, prep.name)
     sweep_run.log_params({"method": method.name, "benchmark": bench.name, "num_samples": prep.num_samples,
                           "max_concurrent": prep.max_concurrent, "seed": opts.seed,
@@ -188,13 +195,17 @@ def _open_parent_run(prep: Prepared, method, tags: dict[str, str]):
                           **{f"fixed.{k}": v for k, v in prep.fixed.items()}})
     sweep_run.set_tags(tags)
     sweep_run.log_dict({**space.as_dict(), "fixed": prep.fixed}, "search_space.json")
-    return sweep_run
+    return sweep_run, None
 
 
 def run(prep: Prepared) -> SweepResult:
-    import optuna
+    """Run the sweep to its end — finished, failed, or stopped by SIGINT/SIGTERM (``result.interrupted``)."""
+    with StopSignals() as signals:
+        return _run(prep, signals)
+
+
+def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     from orchestrator.sweep.progress import ProgressPrinter
     from orchestrator.sweep.trainable import tune_trainable
@@ -205,6 +216,7 @@ def run(prep: Prepared) -> SweepResult:
     started = time.time()
     held = _quiet_libraries()
     dashboard, which = _init_ray(opts)
+    signals.install()  # ray.init replaced our SIGTERM handler
     _log_to(held)  # ray.init reset the "ray" logger
     _check_resources(prep.resources, opts)
     _say(opts, f"{which}\nLibrary logs (Ray, MLflow, Optuna): {_start_log_file(prep, held)}")
@@ -213,13 +225,16 @@ def run(prep: Prepared) -> SweepResult:
     tags = {"method": method.name, "benchmark": bench.name, "paper": method.paper}
     if method.substitute:
         tags["substitute"] = method.substitute
-    sweep_run = _open_parent_run(prep, method, tags)
+    sweep_run, status_before = _open_parent_run(prep, method, tags)
     if not prep.resume:
         state.write(prep, sweep_run.run_id)
     _say(opts, f"Sweep {prep.name}{' (resumed)' if prep.resume else ''}: {method.name} on {bench.name}"
                f"{' (smoke test)' if opts.smoke_test else ''}, {prep.num_samples} trials, ≤{prep.max_concurrent} at "
                f"once; MLflow {prep.tracking_uri} (run {sweep_run.run_id})")
     status = "FAILED"
+    logger = None
+    result = SweepResult(prep.name, sweep_run.run_id, prep.tracking_uri, prep.experiment_path,
+                         resume_command=resume_command(prep))
     try:
         settings = prep.trial_settings()
         shared, prepared_network = _prewarm(method, space, prep.fixed, bench, settings, prep.resources, opts)
@@ -232,25 +247,14 @@ def run(prep: Prepared) -> SweepResult:
         run_config = tune.RunConfig(name=prep.name, storage_path=prep.storage_path, callbacks=[logger, progress],
                                     verbose=0, failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-        if prep.resume:
-            tuner = tune.Tuner.restore(prep.experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-            # The restored run config holds the pickled callbacks of the dead driver; use fresh ones (ray pinned).
-            tuner._local_tuner.get_run_config().callbacks = run_config.callbacks
-        else:
-            multi = space.multi_objective
-            metrics = [m for m, _ in space.objectives]
-            modes = [d for _, d in space.objectives]
-            searcher = OptunaSearch(space=search_space.DefineByRun(space.knobs, prep.fixed),
-                                    metric=metrics if multi else space.metric, mode=modes if multi else space.mode,
-                                    sampler=optuna.samplers.TPESampler(seed=opts.seed))
-            tune_config = tune.TuneConfig(search_alg=searcher, num_samples=prep.num_samples,
-                                          max_concurrent_trials=prep.max_concurrent, reuse_actors=True,
-                                          scheduler=scheduling.scheduler(prep),
-                                          metric=None if multi else space.metric, mode=None if multi else space.mode)
-            tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
-        grid = tuner.fit()
-        result = _summarise(prep, grid, sweep_run, started)
+        tuner = _tuner(prep, trainable, run_config)
+        status_before = None  # from here on, the sweep's own outcome is what its parent run records
+        with signals.tune_running():
+            grid = tuner.fit()
+        result = _summarise(prep, grid, sweep_run, started, result)
         result.networks.update(prepared_network)
+        if signals.received:
+            raise KeyboardInterrupt(signals.received)
         if opts.seeds and result.best_matrix is not None:
             from orchestrator.sweep.seeds import rerun_best_with_seeds
 
@@ -263,8 +267,56 @@ def run(prep: Prepared) -> SweepResult:
                 _say(opts, f"figures: {note}")
         status = "FINISHED" if result.best_matrix is not None else "FAILED"
         return result
+    except KeyboardInterrupt:
+        # Stopped by the user: every run this sweep left open is KILLED, never FINISHED or RUNNING.
+        status = "KILLED"
+        result.interrupted = signals.received or "SIGINT"
+        result.seconds = time.time() - started
+        if logger is not None:
+            logger.end_unfinished("KILLED")
+        return result
     finally:
-        sweep_run.end(status)
+        # A resume that failed before its trials ran leaves the resumed sweep's parent run as it found it.
+        sweep_run.end(status_before if status_before and status != "KILLED" else status)
+
+
+def _tuner(prep: Prepared, trainable, run_config):
+    """A new Tuner with the seeded Optuna searcher, or the restored one of the sweep being resumed."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    space, opts = prep.space, prep.opts
+    if prep.resume:
+        try:
+            tuner = tune.Tuner.restore(prep.experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+        except Exception as exc:  # noqa: BLE001 - whatever Tune found wrong with the folder, say it in one line
+            raise UsageError(f"cannot resume {prep.experiment_path}: Tune could not restore it "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        # The restored run config holds the pickled callbacks of the dead driver; use fresh ones (ray pinned).
+        tuner._local_tuner.get_run_config().callbacks = run_config.callbacks
+        return tuner
+    multi = space.multi_objective
+    metrics = [m for m, _ in space.objectives]
+    modes = [d for _, d in space.objectives]
+    searcher = OptunaSearch(space=search_space.DefineByRun(space.knobs, prep.fixed),
+                            metric=metrics if multi else space.metric, mode=modes if multi else space.mode,
+                            sampler=optuna.samplers.TPESampler(seed=opts.seed))
+    tune_config = tune.TuneConfig(search_alg=searcher, num_samples=prep.num_samples,
+                                  max_concurrent_trials=prep.max_concurrent, reuse_actors=True,
+                                  scheduler=scheduling.scheduler(prep),
+                                  metric=None if multi else space.metric, mode=None if multi else space.mode)
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def resume_command(prep: Prepared) -> str:
+    """The exact command that continues this sweep."""
+    import shlex
+
+    cmd = ["python", "-m", "orchestrator", "sweep", prep.opts.method, "--resume", prep.name]
+    if prep.storage_path != str(Path("ray_results").resolve()):
+        cmd += ["--storage-path", prep.storage_path]
+    return " ".join(shlex.quote(c) for c in cmd)
 
 
 def _prewarm(method, space, fixed, bench, settings, resources, opts):
@@ -289,11 +341,11 @@ def _prewarm(method, space, fixed, bench, settings, resources, opts):
     return ref, {done["key"]: bool(done["trained"])}
 
 
-def _summarise(prep: Prepared, grid, sweep_run, started: float) -> SweepResult:
+def _summarise(prep: Prepared, grid, sweep_run, started: float, res: SweepResult) -> SweepResult:
     space = prep.space
     finished = [r for r in grid if r.error is None and r.metrics and r.metrics.get("final")]
-    res = SweepResult(prep.name, sweep_run.run_id, prep.tracking_uri, grid.experiment_path,
-                      num_trials=len(grid), num_errors=grid.num_errors, seconds=time.time() - started)
+    res.results_path, res.num_trials, res.num_errors = grid.experiment_path, len(grid), grid.num_errors
+    res.seconds = time.time() - started
     for r in finished:
         key = r.metrics.get("model_key")
         if key:
@@ -329,7 +381,9 @@ def print_summary(res: SweepResult, metric: str, out=sys.stdout) -> None:
         print(f"Pareto front ({len(res.pareto)} trials): " + ", ".join(names), file=out)
         for row in res.pareto:
             print(f"  {row['trial_id']}: " + ", ".join(f"{n}={row[n]:.4f}" for n in names), file=out)
-    if res.best_matrix is None:
+    if res.best_matrix is None and res.interrupted:
+        print("No trial finished before the sweep was stopped.", file=out)
+    elif res.best_matrix is None:
         print(f"No trial finished ({res.num_errors} of {res.num_trials} failed); see MLflow run {res.parent_run_id}.", file=out)
     else:
         cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(res.best_config.items()))
@@ -341,6 +395,9 @@ def print_summary(res: SweepResult, metric: str, out=sys.stdout) -> None:
         cached = sorted(k for k, trained in res.networks.items() if not trained)
         print(f"Networks: {len(res.networks) - len(cached)} trained by this sweep, {len(cached)} from the model cache"
               + (f" ({', '.join(cached[:4])}{', ...' if len(cached) > 4 else ''})" if cached else ""), file=out)
+    if res.interrupted:
+        print(f"Stopped by {res.interrupted}: running trials were stopped and their MLflow runs marked KILLED. "
+              f"Continue with:\n  {res.resume_command}", file=out)
     print(f"MLflow: parent run {res.parent_run_id} in {res.tracking_uri}", file=out)
     print(f"        mlflow ui --backend-store-uri {res.tracking_uri}   (or: python -m orchestrator ui)", file=out)
     print(f"Ray results: {res.results_path}", file=out)

@@ -14,6 +14,24 @@ from orchestrator.errors import UsageError
 STATE_FILE = "oodsweep_sweep.json"
 
 
+#: Files of a results folder that ``--resume`` unpickles (Tune's state): they run code when loaded.
+PICKLED = ("tuner.pkl", "searcher-state-*.pkl", "trainable.pkl")
+
+
+def check_trusted(folder: Path) -> None:
+    """Refuse to resume from a folder whose pickles someone else could have written: Tune's state is pickled and
+    runs code when loaded. The folder and its pickles must belong to this user and be writable by no one else."""
+    uid = os.getuid()
+    for path in [folder, *(p for pattern in PICKLED for p in folder.glob(pattern))]:
+        st = path.stat()
+        if st.st_uid != uid:
+            raise UsageError(f"refusing to resume from {folder}: {path.name} belongs to another user (uid "
+                             f"{st.st_uid}); Tune's state is pickled and runs code when loaded")
+        if st.st_mode & 0o022:
+            raise UsageError(f"refusing to resume from {folder}: {path.name} is writable by others; Tune's state is "
+                             f"pickled and runs code when loaded (chmod go-w it if you trust its content)")
+
+
 def read(folder: Path) -> dict[str, Any]:
     """The saved state of the sweep whose results folder is ``folder``; UsageError when there is none."""
     state_file = folder / STATE_FILE

@@ -140,6 +140,16 @@ class MLflowTrialLogger(Callback):
             self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, "FAILED")
 
+    def end_unfinished(self, status: str = "KILLED") -> None:
+        """Give every child run this sweep left RUNNING (its trial was stopped) a final ``status``."""
+        self.flush()
+        for run_id in self.child.values():
+            try:
+                if self.client.get_run(run_id).info.status == "RUNNING":
+                    self.client.set_terminated(run_id, status)
+            except Exception as exc:  # noqa: BLE001 - the store may be gone; say so, never hang here
+                print(f"warning: MLflow run {run_id} could not be marked {status}: {exc}", file=sys.stderr)
+
     def on_experiment_end(self, trials, **info):
         # A driver killed between creating a child run and Tune's next experiment-state snapshot leaves a run for a
         # trial the resumed sweep never heard of (Tune runs a fresh trial instead): drop it, one run per trial.
