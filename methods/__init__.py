@@ -6,6 +6,7 @@ source (:class:`orchestrator.registry.Registry`) and imports it on first use.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.registry import Registry, static_attribute
@@ -28,6 +29,7 @@ def get(name: str) -> Method:
     return METHODS.load(name)()
 
 
+@functools.lru_cache(maxsize=1)
 def catalog() -> list[dict[str, Any]]:
     """name, module, paper, substitute, kind (post-hoc / trains / fine-tunes) and declared knobs of every method,
     read from the modules' source without importing them — so ``python -m orchestrator list`` starts without

@@ -155,7 +155,9 @@ class Method:
 
     def scorer_choices(self) -> list[str]:
         """The post-hoc methods this method's scorer knob accepts."""
-        return [n for n in METHODS.names() if n != self.name and not METHODS.load(n)().trains()]
+        from methods import catalog  # read from source: no other method module is imported
+
+        return [row["name"] for row in catalog() if row["kind"] == "post-hoc" and row["name"] != self.name]
 
     def declared(self, scorers: Iterable[str] | None = None) -> dict[str, Knob]:
         """Every knob a configuration of this method may set: the recipe's, its own, and those of the post-hoc
