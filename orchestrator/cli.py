@@ -6,6 +6,7 @@ answers at once. Bad input prints one line on stderr and exits with code 2, befo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 
@@ -148,7 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_ui(args) -> int:
     import os
-    import subprocess
 
     from orchestrator.errors import UsageError
     from orchestrator.tracking.runs import resolve_tracking_uri
@@ -160,7 +160,41 @@ def _cmd_ui(args) -> int:
            "--host", args.host, "--port", str(args.port)]
     print(f"MLflow {'server' if args.server else 'UI'} on http://{args.host}:{args.port}  (store {uri}); Ctrl-C stops it",
           flush=True)
-    return subprocess.call(cmd)
+    return _serve(cmd)
+
+
+def _serve(cmd: list[str]) -> int:
+    """Run the server in its own process group and stop that group on Ctrl-C *and* SIGTERM (a bare SIGTERM to
+    this process would otherwise leave the server running). Exit 130/143 when stopped by a signal."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    received: list[int] = []
+
+    def stop(signum, frame):
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            stop(signal.SIGINT, None)
+            code = proc.wait()
+        if received:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever of the server is still there
+            return 128 + received[0]
+        return code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
