@@ -97,3 +97,23 @@ def test_knn_sweep_trains_one_classifier_and_extracts_features_once(tmp_path):
     assert cache.extracted_count() == len(benchmarks.load("digits", smoke=True).splits())  # each split once
     assert len(children) == 6 and all("near/auroc" in c.data.metrics for c in children)
     assert len({c.data.params["k"] for c in children}) > 1
+
+
+def test_a_repeated_failure_is_not_run_again(tmp_path):
+    from orchestrator.sweep.trainable import AttemptLog, RepeatedFailure
+
+    log = AttemptLog(tmp_path)
+    log.record(ValueError("temperature overflow"))
+    log.refuse_a_repeated_failure()  # one failure: a retry may help (a lost worker looks like this too)
+    log.record(ValueError("temperature overflow"))
+    with pytest.raises(RepeatedFailure, match="failed the same way"):
+        log.refuse_a_repeated_failure()
+
+
+def test_different_failures_are_retried(tmp_path):
+    from orchestrator.sweep.trainable import AttemptLog
+
+    log = AttemptLog(tmp_path)
+    log.record(RuntimeError("worker died"))
+    log.record(ValueError("temperature overflow"))
+    log.refuse_a_repeated_failure()

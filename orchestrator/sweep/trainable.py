@@ -7,11 +7,13 @@ recent epoch); post-hoc trials report once.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.data.base import Benchmark
@@ -78,6 +80,42 @@ def tune_trainable(config: dict[str, Any], bench: Benchmark, settings: dict[str,
             tune.report(result)
         last_report = time.monotonic()
 
-    final = run_trial(config, bench, TrialSettings(**settings), report, tune.get_checkpoint(), shared)
+    attempts = AttemptLog(Path(tune.get_context().get_trial_dir()))
+    attempts.refuse_a_repeated_failure()
+    try:
+        final = run_trial(config, bench, TrialSettings(**settings), report, tune.get_checkpoint(), shared)
+    except Exception as exc:
+        attempts.record(exc)
+        raise
     tune.report(final)
+
+
+class RepeatedFailure(RuntimeError):
+    """The trial failed the same way on its last attempts: running it again would fail again."""
+
+
+class AttemptLog:
+    """The errors of a trial's attempts, kept in its trial folder, so that a retry after the same error twice
+    fails at once instead of training again (``--max-failures`` is for lost workers and nodes, which a retry
+    cures; a bug or a diverging configuration it does not)."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "oodsweep_attempts.json"
+
+    def _errors(self) -> list[str]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+
+    def record(self, exc: BaseException) -> None:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        errors = [*self._errors(), f"{type(exc).__name__}: {first}"]
+        with contextlib.suppress(OSError):
+            self.path.write_text(json.dumps(errors))
+
+    def refuse_a_repeated_failure(self) -> None:
+        errors = self._errors()
+        if len(errors) >= 2 and errors[-1] == errors[-2]:
+            raise RepeatedFailure(f"not retried: the last {len(errors)} attempts failed the same way ({errors[-1]})")
 
