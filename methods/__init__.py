@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.registry import Registry, static_attribute
+from orchestrator.registry import NotStatic, Registry, static_attribute
 
 if TYPE_CHECKING:
     from methods.base import Method
@@ -39,8 +39,12 @@ def catalog() -> list[dict[str, Any]]:
         defs = {s.name for s in entry.node.body if hasattr(s, "name")}
         finetunes = bool(static_attribute(entry, "finetunes", False))
         kind = "fine-tunes" if finetunes else "trains" if "trainer_class" in defs else "post-hoc"
+        try:
+            knobs, error = tuple(static_attribute(entry, "knobs", ()) or ()), ""
+        except NotStatic as exc:  # one unreadable declaration must not hide the other methods
+            knobs, error = (), str(exc)
         rows.append({"name": name, "module": entry.module.rsplit(".", 1)[-1],
                      "paper": static_attribute(entry, "paper", "") or "",
                      "substitute": static_attribute(entry, "substitute", None) or "", "kind": kind,
-                     "knobs": tuple(static_attribute(entry, "knobs", ()) or ())})
+                     "knobs": knobs, "error": error})
     return rows

@@ -108,6 +108,8 @@ def _cmd_list(args) -> int:
         print(f"  {m['name']:<12} {m['kind']:<10} {m['paper']}{sub}")
         for knob in m["knobs"]:
             print(f"      {knob.describe()}")
+        if m["error"]:
+            print(f"      INVALID declaration: {m['error']}")
     print("\nRecipe knobs (every method; a benchmark sets their values; all retrain):")
     for knob in RECIPE:
         print(f"      {knob.describe()}")
