@@ -18,7 +18,7 @@ latent offset around StyleGAN's average latent. Post-ReLU features are non-negat
 (with negative entries) can be told from ID by sign alone; compare both with the knob. The rejection head
 (:func:`methods.outlier_synthesis.train_rejection_head`): feature → 2048 → 1, BCE (OOD = 1), each ID sample swapped
 for its synthetic counterpart with probability ood_prob = 0.5, SGD lr 0.01, wd 4e-4, momentum 0.8 nesterov,
-cosine, 10 epochs. Knobs: s, p, k, variant, hidden, head_epochs, head_lr, head_wd, ood_prob.
+cosine, 10 epochs. Knobs: see ``DMR.knobs``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ import numpy as np
 
 from methods import register
 from methods.base import Method, Outputs
-from methods.outlier_synthesis import DMRSynthesizer, RejectionScorer, head_knobs
+from methods.outlier_synthesis import ANCHORS, HEAD_KNOBS, VARIANTS, DMRSynthesizer, RejectionScorer, head_kwargs
+from orchestrator.knobs import Choice, Float, Int
 
 SUBSTITUTE = "feature-space marginal representations instead of StyleGAN-XL latents"
 
@@ -39,7 +40,7 @@ class DMRScorer(RejectionScorer):
         if not 0.0 <= self.p <= 1.0:
             raise ValueError(f"dmr p must be in [0, 1], got {p}")
 
-    def fit(self, train: Outputs, model=None, **extra) -> "DMRScorer":
+    def fit(self, train: Outputs, model=None, **extra) -> DMRScorer:
         if train is None or train.labels is None:
             raise ValueError("dmr needs labelled training outputs to fit")
         k = min(self.k, len(np.unique(train.labels)))
@@ -51,7 +52,16 @@ class DMRScorer(RejectionScorer):
 class DMR(Method):
     paper = "Choi & Na, Disentangling Marginal Representations for Out-of-Distribution Detection, CVPRW 2024"
     substitute = SUBSTITUTE
+    knobs = (
+        Choice("variant", "single", VARIANTS, help="single: own marginal; multiple: mean of k marginals; "
+                                                   "without_dmr: mean of k raw features (ablation)"),
+        Float("s", 3.0, gt=0, help="amplification of a synthetic feature"),
+        Float("p", 0.5, ge=0, le=1, help="probability of amplifying by s"),
+        Int("k", 5, ge=2, help="samples of distinct classes mixed (multiple, without_dmr; clamped to the class count)"),
+        Choice("anchor", "origin", ANCHORS, help="origin: the marginal as is; mean: plus the global feature mean"),
+        *HEAD_KNOBS,
+    )
 
     def scorer(self, params):
-        return DMRScorer(params.get("variant", "single"), params.get("s", 3.0), params.get("p", 0.5),
-                         params.get("k", 5), params.get("anchor", "origin"), **head_knobs(params))
+        return DMRScorer(params["variant"], params["s"], params["p"], params["k"], params["anchor"],
+                         **head_kwargs(params))

@@ -20,7 +20,8 @@ import torch
 
 from methods import register
 from methods.base import Method, Outputs
-from methods.outlier_synthesis import RejectionScorer, head_knobs, kirby_images
+from methods.outlier_synthesis import HEAD_KNOBS, RejectionScorer, head_kwargs, kirby_images
+from orchestrator.knobs import Float, Int
 from orchestrator.training import to_float
 
 SUBSTITUTE = "Grad-CAM erasing with diffusion (Laplace) inpainting instead of a learned inpainting network"
@@ -52,7 +53,7 @@ class KirbyScorer(RejectionScorer):
             raise ValueError(f"kirby threshold must be in (0, 1], got {threshold}")
         self.inpaint_iters = None if inpaint_iters is None else int(inpaint_iters)
 
-    def fit(self, train: Outputs, model=None, images=None, **extra) -> "KirbyScorer":
+    def fit(self, train: Outputs, model=None, images=None, **extra) -> KirbyScorer:
         if model is None or images is None:
             raise ValueError("kirby needs the model and the training images (needs_train_images) to fit")
         if len(images) != len(train):
@@ -66,6 +67,12 @@ class KirbyScorer(RejectionScorer):
 class Kirby(Method):
     paper = "Kwon et al., KIRBY: virtual outliers from class-discriminative region erasing, AAAI 2023"
     substitute = SUBSTITUTE
+    knobs = (
+        Float("threshold", 0.3, gt=0, le=1, help="erase the pixels whose normalised Grad-CAM is ≥ threshold"),
+        Int("inpaint_iters", None, ge=0, optional=True,
+            help="Jacobi iterations of the diffusion inpainting (null: 2·max(H, W))"),
+        *HEAD_KNOBS,
+    )
 
     def scorer(self, params):
-        return KirbyScorer(params.get("threshold", 0.3), params.get("inpaint_iters"), **head_knobs(params))
+        return KirbyScorer(params["threshold"], params["inpaint_iters"], **head_kwargs(params))

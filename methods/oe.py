@@ -6,12 +6,14 @@ L = CE(f(x_in), y) + λ·mean over outliers of [logsumexp(z) − mean_c z_c]   (
 via knob ``scorer``.
 
 Outlier source, knob ``outliers`` (see :class:`methods.outlier_synthesis.OutlierSource` for exact definitions):
-``aux`` a real auxiliary set from ``bench.aux`` (error when the benchmark has none — the bundled ones have none),
+``aux`` a real auxiliary set from ``bench.aux``, all its sets pooled (error when the benchmark has none — the
+bundled ones have none),
 ``dmr`` a **pixel-space substitute** of DMR: no generator is trained; the marginal is taken on images,
 x̄ + (x − μ_y) (single), x̄ + mean of k class-distinct marginals (multiple) or the mean of k class-distinct
 raw images (without_dmr), the deviation from the mean image x̄ amplified ×s with probability p, clipped to [0, 1];
 ``kirby`` Grad-CAM erase (CAM ≥ threshold) + diffusion inpainting of the ID batch, with the network being
-trained; ``ascood`` ASCOOD's generators (methods.ascood: gradient / shuffle / gaussian, α decaying per epoch);
+trained; ``ascood`` ASCOOD's generators (methods.ascood: gradient / shuffle / gaussian, α decaying per epoch;
+ASCOOD's knobs and defaults);
 ``gaussian`` N(0, gaussian_std²) in normalised input space (the default: it needs no extra data).
 """
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch.nn.functional as F
 
 from methods import register
 from methods.base import Method
-from methods.outlier_synthesis import OutlierSource, posthoc_scorer
+from methods.outlier_synthesis import OE_SOURCE_KNOBS, OutlierSource
+from orchestrator.knobs import Float, ScorerChoice
 from orchestrator.training import Trainer
 
 
@@ -33,7 +36,7 @@ def oe_penalty(logits: torch.Tensor) -> torch.Tensor:
 class OETrainer(Trainer):
     def __init__(self, params, device="cpu", seed=0):
         super().__init__(params, device, seed)
-        self.lam = float(params.get("oe_lambda", 0.5))
+        self.lam = float(params["oe_lambda"])
         self.source = OutlierSource(params)
 
     def prepare(self, model) -> None:
@@ -51,11 +54,14 @@ class OutlierExposure(Method):
     paper = "Hendrycks, Mazeika & Dietterich, Deep Anomaly Detection with Outlier Exposure, ICLR 2019"
     substitute = ("only with outliers=dmr or kirby: pixel-space marginal images instead of StyleGAN-XL latents (dmr); "
                   "Grad-CAM erase + diffusion inpainting (kirby)")
-    training_knobs = frozenset({"outliers", "oe_lambda", "aux_set", "dmr_variant", "dmr_s", "dmr_p", "dmr_k",
-                                "kirby_threshold", "gaussian_std", "ood_type", "p_inv", "alpha_max", "alpha_min"})
+    knobs = (
+        Float("oe_lambda", 0.5, ge=0, network=True, help="weight λ of the outliers' cross-entropy to uniform"),
+        *OE_SOURCE_KNOBS,
+        ScorerChoice("scorer", "msp", help="post-hoc method scoring the trained network"),
+    )
 
     def trainer_class(self):
         return OETrainer
 
     def scorer(self, params):
-        return posthoc_scorer(params, "msp", self.name)
+        return self.delegated_scorer(params)

@@ -3,7 +3,8 @@
 * The rejection head (DMR / KIRBY): MLP feature → hidden (2048) → 1, trained with BCE (OOD label 1) on frozen ID
   features where each ID sample is swapped for a synthetic one with probability ``ood_prob`` (0.5);
   SGD lr 0.01, wd 4e-4, momentum 0.8 nesterov, cosine per step, 10 epochs [Dasol-Choi/DMR].
-  The score is S = −logit (higher = more in-distribution). :class:`RejectionScorer` is the Scorer both use.
+  The score is S = −logit (higher = more in-distribution). :class:`RejectionScorer` is the Scorer both use;
+  :data:`HEAD_KNOBS` declares its knobs (both methods list ``*HEAD_KNOBS``).
 * DMR in feature space (substitute for StyleGAN-XL latents): marginal representation m = h − μ_y;
   ``single``: each sample's own marginal; ``multiple``: mean of the marginals of k samples of k distinct classes;
   ``without_dmr`` (ablation): mean of the raw, uncentred features of k samples of k distinct classes.
@@ -18,16 +19,20 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Outputs, Scorer
+from methods import ascood
+from methods.ascood import OOD_TYPES as ASCOOD_TYPES
+from methods.base import FeatureScorer, Outputs
+from orchestrator.knobs import Choice, Float, Int
 
 VARIANTS = ("single", "multiple", "without_dmr")
+ANCHORS = ("origin", "mean")
 
 
 # ============================================================================ rejection head (DMR, KIRBY)
@@ -77,24 +82,34 @@ def train_rejection_head(features: np.ndarray, synth: Callable[[np.ndarray, np.r
     return head.eval()
 
 
-def head_knobs(params: dict) -> dict:
-    """The rejection head's knobs (hidden, head_epochs, head_lr, head_wd, ood_prob) with the authors' defaults."""
-    return {"hidden": int(params.get("hidden", 2048)), "epochs": int(params.get("head_epochs", 10)),
-            "lr": float(params.get("head_lr", 0.01)), "weight_decay": float(params.get("head_wd", 4e-4)),
-            "ood_prob": float(params.get("ood_prob", 0.5)), "seed": int(params.get("head_seed", 0))}
+#: The rejection head's knobs (the authors' defaults), read by :func:`head_kwargs`; post-hoc: the network is frozen.
+HEAD_KNOBS = (
+    Int("hidden", 2048, ge=1, help="width of the rejection head's hidden layer"),
+    Int("head_epochs", 10, ge=1, help="training epochs of the rejection head"),
+    Float("head_lr", 0.01, gt=0, help="the rejection head's SGD learning rate (cosine-annealed per step)"),
+    Float("head_wd", 4e-4, ge=0, help="the rejection head's weight decay"),
+    Float("ood_prob", 0.5, gt=0, lt=1, help="probability that an ID sample is swapped for its synthetic counterpart"),
+    Int("head_seed", 0, ge=0, help="seed of the rejection head's initialisation, batches and swaps"),
+)
 
 
-class RejectionScorer(Scorer):
+def head_kwargs(params) -> dict:
+    """:func:`train_rejection_head`'s keyword arguments from the :data:`HEAD_KNOBS` values in ``params``."""
+    return {"hidden": int(params["hidden"]), "epochs": int(params["head_epochs"]), "lr": float(params["head_lr"]),
+            "weight_decay": float(params["head_wd"]), "ood_prob": float(params["ood_prob"]),
+            "seed": int(params["head_seed"])}
+
+
+class RejectionScorer(FeatureScorer):
     """S = −(rejection logit) of the penultimate feature; subclasses build the synthetic features in ``fit``."""
 
-    needs = frozenset({"features"})
     needs_fit = True
 
     def __init__(self, **head_kw):
         self.head_kw = head_kw
         self.head_: RejectionHead | None = None
 
-    def train_head(self, features: np.ndarray, synth) -> "RejectionScorer":
+    def train_head(self, features: np.ndarray, synth) -> RejectionScorer:
         self.head_ = train_rejection_head(features, synth, **self.head_kw)
         return self
 
@@ -151,8 +166,8 @@ class DMRSynthesizer:
         if variant != "single" and not 2 <= int(k) <= len(self.classes):
             raise ValueError(f"dmr k must be in [2, {len(self.classes)}] (number of classes), got {k}")
         self.k = int(k)
-        if anchor not in ("origin", "mean"):
-            raise ValueError(f"dmr anchor must be origin or mean, got {anchor!r}")
+        if anchor not in ANCHORS:
+            raise ValueError(f"dmr anchor must be one of {ANCHORS}, got {anchor!r}")
         self.anchor = anchor
         self.means = class_means(self.h, self.y)
         self.marginal = self.h - self.means[self.y]
@@ -225,12 +240,33 @@ def kirby_images(model, x: torch.Tensor, threshold: float = 0.3, iters: int | No
 # ============================================================================ Outlier Exposure sources
 OE_SOURCES = ("aux", "dmr", "kirby", "ascood", "gaussian")
 
+#: The knobs :class:`OutlierSource` reads (Outlier Exposure lists ``*OE_SOURCE_KNOBS``); they shape the outliers the
+#: network is trained against, so all are network knobs. The ascood source's knobs are ASCOOD's own, with ASCOOD's
+#: defaults and domains (methods/ascood.py), so ``outliers: ascood`` synthesises exactly ASCOOD's outliers.
+OE_SOURCE_KNOBS = (
+    Choice("outliers", "gaussian", OE_SOURCES, network=True,
+           help="outlier source (aux needs a benchmark with an auxiliary set)"),
+    Choice("dmr_variant", "single", VARIANTS, network=True, help="outliers=dmr: which marginal images"),
+    Float("dmr_s", 3.0, gt=0, network=True, help="outliers=dmr: amplification of the deviation from the mean image"),
+    Float("dmr_p", 0.5, ge=0, le=1, network=True, help="outliers=dmr: probability of amplifying"),
+    Int("dmr_k", 5, ge=2, network=True,
+        help="outliers=dmr: images of distinct classes mixed by multiple / without_dmr (at most the class count)"),
+    Float("kirby_threshold", 0.3, gt=0, le=1, network=True, help="outliers=kirby: erase pixels with Grad-CAM ≥ it"),
+    Float("gaussian_std", 1.0, gt=0, network=True, help="outliers=gaussian: standard deviation in normalised space"),
+    Choice("ood_type", "gradient", ASCOOD_TYPES, network=True, help="outliers=ascood: how outliers are synthesised"),
+    Float("p_inv", 0.1, gt=0, le=1, network=True, help="outliers=ascood: fraction of input elements perturbed"),
+    Float("alpha_max", 300.0, gt=0, network=True, help="outliers=ascood: perturbation size α at the first epoch"),
+    Float("alpha_min", None, ge=0, optional=True, network=True,
+          help="outliers=ascood: α at the last epoch (null: alpha_min_frac · alpha_max)"),
+    Float("alpha_min_frac", 0.1, gt=0, le=1, network=True, help="outliers=ascood: α_min as a fraction of α_max"),
+)
+
 
 class OutlierSource:
     """Per-batch outliers for Outlier Exposure, returned in the model's **normalised** input space.
 
-    * ``aux``: random images from the benchmark's auxiliary sets (``bench.aux``; all sets pooled, or knob
-      ``aux_set``); a benchmark without one is an error.
+    * ``aux``: random images from the benchmark's auxiliary sets (``bench.aux``, all sets pooled); a benchmark
+      without one is an error.
     * ``dmr`` — pixel-space substitute of DMR (no generator): with x̄ the mean training image and μ_c the class
       mean images, ``single``: x̄ + (x − μ_y); ``multiple``: x̄ + mean of (x_j − μ_{y_j}) over k training images of
       k distinct classes; ``without_dmr``: mean of those k raw images; each amplified (the deviation from x̄ is
@@ -238,26 +274,30 @@ class OutlierSource:
     * ``kirby``: :func:`kirby_images` of the ID batch with the network being trained (Grad-CAM in eval mode).
       Knob kirby_threshold.
     * ``ascood``: methods.ascood's generators on the ID batch (ood_type gradient/shuffle/gaussian, p_inv,
-      alpha_max, alpha_min with ascood's linear α decay).
+      alpha_max, alpha_min / alpha_min_frac with ascood's linear α decay), with ASCOOD's knobs and defaults.
     * ``gaussian``: N(0, gaussian_std²) in the normalised input space.
-    One outlier per ID sample of the batch.
+    One outlier per ID sample of the batch. ``params``: the resolved knobs (:data:`OE_SOURCE_KNOBS`).
     """
 
-    def __init__(self, params: dict):
-        self.kind = params.get("outliers", "gaussian")
+    def __init__(self, params):
+        self.kind = params["outliers"]
         if self.kind not in OE_SOURCES:
             raise ValueError(f"oe outliers must be one of {OE_SOURCES}, got {self.kind!r}")
-        self.params = params
-        self.variant = params.get("dmr_variant", "single")
+        self.variant = params["dmr_variant"]
         if self.variant not in VARIANTS:
             raise ValueError(f"oe dmr_variant must be one of {VARIANTS}, got {self.variant!r}")
-        self.s, self.p, self.k = float(params.get("dmr_s", 3.0)), float(params.get("dmr_p", 0.5)), int(params.get("dmr_k", 5))
-        self.threshold = float(params.get("kirby_threshold", 0.3))
-        self.std = float(params.get("gaussian_std", 1.0))
-        self.ascood_type = params.get("ood_type", "gradient")
-        self.p_inv = float(params.get("p_inv", 0.1))
-        self.alpha_max = float(params.get("alpha_max", 300.0))
-        self.alpha_min = float(params.get("alpha_min", 0.1 * self.alpha_max))
+        self.s, self.p, self.k = float(params["dmr_s"]), float(params["dmr_p"]), int(params["dmr_k"])
+        self.threshold = float(params["kirby_threshold"])
+        self.std = float(params["gaussian_std"])
+        self.ascood_type = params["ood_type"]
+        if self.ascood_type not in ASCOOD_TYPES:
+            raise ValueError(f"oe ood_type must be one of {ASCOOD_TYPES}, got {self.ascood_type!r}")
+        self.p_inv = float(params["p_inv"])
+        self.alpha_max = float(params["alpha_max"])
+        alpha_min = params["alpha_min"]
+        self.alpha_min = float(alpha_min if alpha_min is not None else params["alpha_min_frac"] * self.alpha_max)
+        if self.kind == "ascood" and self.alpha_min > self.alpha_max:
+            raise ValueError(f"oe alpha_min ({self.alpha_min}) exceeds alpha_max ({self.alpha_max})")
         self.rng = None
 
     def prepare(self, bench, seed: int = 0) -> None:
@@ -266,11 +306,7 @@ class OutlierSource:
             if not bench.aux:
                 raise ValueError(f"oe outliers=aux needs an auxiliary outlier set, but benchmark {bench.name!r} has "
                                  f"none; use outliers dmr, kirby, ascood or gaussian")
-            name = self.params.get("aux_set")
-            if name is not None and name not in bench.aux:
-                raise ValueError(f"oe aux_set {name!r} not in the benchmark's aux sets {sorted(bench.aux)}")
-            sets = [bench.aux[name]] if name is not None else [bench.aux[k] for k in sorted(bench.aux)]
-            self.pool = np.concatenate([s.x for s in sets])
+            self.pool = np.concatenate([bench.aux[k].x for k in sorted(bench.aux)])
         elif self.kind == "dmr":
             x = bench.id_train.x.astype(np.float32) / 255.0
             y = np.asarray(bench.id_train.y)
@@ -288,7 +324,8 @@ class OutlierSource:
             dev_ = x - means[y]
         else:
             picks = self.sampler.draw(len(x), self.k, self.rng)  # (B, k), distinct classes per row
-            imgs = torch.from_numpy(self.train_x[picks.ravel()]).to(dev).float().div_(255.0).view(len(x), self.k, *x.shape[1:])
+            imgs = torch.from_numpy(self.train_x[picks.ravel()]).to(dev).float().div_(255.0)
+            imgs = imgs.view(len(x), self.k, *x.shape[1:])
             if self.variant == "multiple":
                 labels = torch.from_numpy(self.train_y[picks.ravel()]).to(dev).view(len(x), self.k)
                 dev_ = (imgs - means[labels]).mean(1)
@@ -300,8 +337,6 @@ class OutlierSource:
 
     def batch(self, model, x: torch.Tensor, y: torch.Tensor, epoch: int, epochs: int) -> torch.Tensor:
         """Outliers for the raw ID batch ``x`` in [0, 1], in normalised space, detached."""
-        from methods import ascood
-
         if self.kind == "aux":
             idx = np.sort(self.rng.choice(len(self.pool), len(x), replace=len(self.pool) < len(x)))
             out = model.normalize(torch.from_numpy(self.pool[idx]).to(x.device).float().div_(255.0))
@@ -321,15 +356,3 @@ class OutlierSource:
                 out = (ascood.shuffle_outliers(xn, grad, self.p_inv) if self.ascood_type == "shuffle"
                        else ascood.gradient_outliers(xn, grad, alpha, self.p_inv))
         return out.detach()
-
-
-# ============================================================================ small shared helpers
-def posthoc_scorer(params: dict, default: str, owner: str):
-    """The post-hoc scorer named by knob ``scorer`` (``default`` otherwise); a training method is refused."""
-    import methods
-
-    name = params.get("scorer", default)
-    method = methods.get(name)
-    if name == owner or method.trains():
-        raise ValueError(f"{owner}'s scorer must be a post-hoc method such as msp, energy or knn, got {name!r}")
-    return method.scorer(params)

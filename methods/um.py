@@ -27,7 +27,8 @@ from torch import nn
 
 from methods import register
 from methods.base import Method
-from methods.outlier_synthesis import posthoc_scorer
+from orchestrator.knobs import Float, ScorerChoice
+from orchestrator.recipe import finetune_knobs
 from orchestrator.training import FineTuner, to_float
 
 MASKED_LAYERS = (nn.Conv2d, nn.Linear)
@@ -78,10 +79,10 @@ def floor_loss(ce: torch.Tensor, um: float, beta: float = 1.0) -> torch.Tensor:
 class UMTrainer(FineTuner):
     def __init__(self, params, device="cpu", seed=0):
         super().__init__(params, device, seed)
-        self.beta = float(params.get("beta", 1.0))
-        self.mask_ratio = float(params.get("mask_ratio", 0.035))
-        self.um_factor = float(params.get("um_factor", 1.0))
-        self.um_given = params.get("um")
+        self.beta = float(params["beta"])
+        self.mask_ratio = float(params["mask_ratio"])
+        self.um_factor = float(params["um_factor"])
+        self.um_given = params["um"]
         if self.um_given is not None and float(self.um_given) < 0:
             raise ValueError(f"um must be >= 0, got {self.um_given}")
         if self.um_factor <= 0:
@@ -108,17 +109,26 @@ class UMTrainer(FineTuner):
             self.um = float(state["um"])
 
 
-UM_KNOBS = frozenset({"finetune_epochs", "finetune_lr", "um", "um_factor", "mask_ratio", "beta"})
+#: The knobs :class:`UMTrainer` reads (UMAP lists them too): all change the fine-tuned network.
+UM_KNOBS = (
+    *finetune_knobs(10, 0.01),
+    Float("um", None, ge=0, optional=True, network=True,
+          help="absolute training-loss floor UM (null: um_factor × the estimated floor)"),
+    Float("um_factor", 1.0, gt=0, network=True, help="UM = um_factor × the estimated floor (when um is null)"),
+    Float("mask_ratio", 0.035, ge=0, lt=1, network=True,
+          help="fraction of each conv/linear layer's weights zeroed at random to estimate the floor"),
+    Float("beta", 1.0, gt=0, network=True, help="β in the loss |β·CE − UM| + UM"),
+)
 
 
 @register("um")
 class UnleashingMask(Method):
     paper = "Zhu et al., Unleashing Mask: Explore the Intrinsic Out-of-Distribution Detection Capability, ICML 2023"
     finetunes = True
-    training_knobs = UM_KNOBS
+    knobs = (*UM_KNOBS, ScorerChoice("scorer", "energy", help="post-hoc method scoring the fine-tuned network"))
 
     def trainer_class(self):
         return UMTrainer
 
     def scorer(self, params):
-        return posthoc_scorer(params, "energy", self.name)
+        return self.delegated_scorer(params)

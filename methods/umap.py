@@ -26,8 +26,8 @@ from torch.func import functional_call
 
 from methods import register
 from methods.base import Method
-from methods.outlier_synthesis import posthoc_scorer
 from methods.um import UM_KNOBS, UMTrainer, floor_loss, masked_layers
+from orchestrator.knobs import Bool, Choice, Float, ScorerChoice
 
 SCORE_INITS = ("kaiming", "magnitude")
 
@@ -58,11 +58,11 @@ def kept_count(numel: int, keep: float) -> int:
 class UMAPTrainer(UMTrainer):
     def __init__(self, params, device="cpu", seed=0):
         super().__init__(params, device, seed)
-        self.keep = float(params.get("keep_ratio", 0.8))
+        self.keep = float(params["keep_ratio"])
         if not 0.0 < self.keep <= 1.0:
             raise ValueError(f"umap keep_ratio must be in (0, 1], got {self.keep}")
-        self.freeze = bool(params.get("freeze_weights", True))
-        self.score_init = params.get("score_init", "kaiming")
+        self.freeze = bool(params["freeze_weights"])
+        self.score_init = params["score_init"]
         if self.score_init not in SCORE_INITS:
             raise ValueError(f"umap score_init must be one of {SCORE_INITS}, got {self.score_init!r}")
         self.names: list[str] = []
@@ -152,10 +152,17 @@ class UMAPTrainer(UMTrainer):
 class UnleashingMaskAdaptivePruning(Method):
     paper = "Zhu et al., Unleashing Mask: Explore the Intrinsic Out-of-Distribution Detection Capability, ICML 2023 (UMAP)"
     finetunes = True
-    training_knobs = UM_KNOBS | {"keep_ratio", "freeze_weights", "score_init"}
+    knobs = (
+        *UM_KNOBS,
+        Float("keep_ratio", 0.8, gt=0, le=1, network=True, help="fraction of each conv/linear layer's weights kept"),
+        Bool("freeze_weights", True, network=True, help="optimise only the mask scores (false: the weights too)"),
+        Choice("score_init", "kaiming", SCORE_INITS, network=True,
+               help="initial mask scores: kaiming-uniform noise, or |W| (the magnitude-pruned network)"),
+        ScorerChoice("scorer", "energy", help="post-hoc method scoring the fine-tuned network"),
+    )
 
     def trainer_class(self):
         return UMAPTrainer
 
     def scorer(self, params):
-        return posthoc_scorer(params, "energy", self.name)
+        return self.delegated_scorer(params)

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 import methods
-from methods.base import Outputs
+from methods.base import FeatureScorer, Outputs
 from methods.dmr import DMRScorer
 from methods.outlier_synthesis import DMRSynthesizer, train_rejection_head
 from orchestrator import data as benchmarks
+from orchestrator.knobs import KnobError
 from orchestrator.metrics import ood_metrics
 from orchestrator.trial import TrialSettings, run_trial
 
@@ -71,16 +72,26 @@ def test_scorer_fits_on_training_outputs_only():
 
 def test_method_is_posthoc_and_labels_its_substitute():
     dmr = methods.get("dmr")
-    assert not dmr.trains() and dmr.scorer({}).needs_fit
+    scorer = dmr.scorer(dmr.resolve({}))
+    assert not dmr.trains() and scorer.needs_fit and isinstance(scorer, FeatureScorer)
+    assert not set(dmr.own_knobs()) & dmr.network_knobs()  # post-hoc: only the head is trained, per trial
+    assert (scorer.variant, scorer.s, scorer.p, scorer.k, scorer.anchor) == ("single", 3.0, 0.5, 5, "origin")
+    assert scorer.head_kw == {"hidden": 2048, "epochs": 10, "lr": 0.01, "weight_decay": 4e-4, "ood_prob": 0.5,
+                              "seed": 0}
+    scorer = dmr.scorer(dmr.resolve({"variant": "multiple", "k": 3, "hidden": 64, "head_epochs": 2}))
+    assert (scorer.variant, scorer.k, scorer.head_kw["hidden"], scorer.head_kw["epochs"]) == ("multiple", 3, 64, 2)
+    for bad in ({"variant": "nope"}, {"p": 1.5}, {"k": 1}, {"anchor": "centre"}, {"ood_prob": 1.0}):
+        with pytest.raises(KnobError, match=next(iter(bad))):
+            dmr.resolve(bad)
     assert dmr.substitute == "feature-space marginal representations instead of StyleGAN-XL latents"
 
 
 def test_classifier_weights_and_accuracy_unchanged(tmp_path):
     bench = benchmarks.load("digits", smoke=True)
-    cfg = {"epochs": 2, "head_epochs": 2, "hidden": 256}
-    base = run_trial(cfg, bench, TrialSettings("msp", cache_dir=str(tmp_path), threads=2))
+    base = run_trial({"epochs": 2}, bench, TrialSettings("msp", cache_dir=str(tmp_path), threads=2))
     path = tmp_path / "models" / base["model_key"] / "model.pt"
     before = torch.load(path, weights_only=True)
+    cfg = {"epochs": 2, "head_epochs": 2, "hidden": 256}
     r = run_trial(cfg, bench, TrialSettings("dmr", cache_dir=str(tmp_path), threads=2))
     assert r["model_key"] == base["model_key"] and not r["trained_model"]  # the shared CE classifier
     assert r["id/acc"] == base["id/acc"]

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 import methods
-from methods.base import Outputs
+from methods.base import FeatureScorer, Outputs
 from methods.kirby import KirbyScorer, kirby_features
 from methods.outlier_synthesis import diffusion_inpaint, grad_cam, kirby_images
-from orchestrator.trial import TrialSettings, run_trial
+from orchestrator.knobs import KnobError
 from orchestrator.training import to_float
+from orchestrator.trial import TrialSettings, run_trial
 
 
 def test_grad_cam_is_normalised_and_leaves_the_model_alone(bench, small_cnn):
@@ -62,14 +63,20 @@ def test_fit_leaves_weights_unchanged(bench, small_cnn):
 
 def test_method_flags():
     k = methods.get("kirby")
-    sc = k.scorer({})
-    assert sc.needs_fit and sc.needs_train_images and not k.trains()
+    sc = k.scorer(k.resolve({}))
+    assert sc.needs_fit and sc.needs_train_images and not k.trains() and isinstance(sc, FeatureScorer)
     assert k.substitute
+    assert (sc.threshold, sc.inpaint_iters, sc.head_kw["hidden"]) == (0.3, None, 2048)  # None: 2·max(H, W)
+    assert k.scorer(k.resolve({"inpaint_iters": 5, "threshold": 0.5})).inpaint_iters == 5
+    assert not set(k.own_knobs()) & k.network_knobs()  # post-hoc: the classifier never retrains
+    for bad in ({"threshold": 0.0}, {"threshold": 1.5}, {"inpaint_iters": -1}):
+        with pytest.raises(KnobError, match=next(iter(bad))):
+            k.resolve(bad)
 
 
 def test_run_trial_end_to_end_accuracy_unchanged(bench, tmp_path):
-    cfg = {"epochs": 2, "head_epochs": 2, "hidden": 256}
-    base = run_trial(cfg, bench, TrialSettings("msp", cache_dir=str(tmp_path), threads=2))
-    r = run_trial(cfg, bench, TrialSettings("kirby", cache_dir=str(tmp_path), threads=2))
+    base = run_trial({"epochs": 2}, bench, TrialSettings("msp", cache_dir=str(tmp_path), threads=2))
+    r = run_trial({"epochs": 2, "head_epochs": 2, "hidden": 256}, bench,
+                  TrialSettings("kirby", cache_dir=str(tmp_path), threads=2))
     assert r["model_key"] == base["model_key"] and r["id/acc"] == base["id/acc"]
     assert np.isfinite(r["near/auroc"]) and np.isfinite(r["id/acc"])

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import methods
 from methods.um import UMTrainer, estimate_floor, floor_loss, masked_layers, mean_ce, random_mask_
 from orchestrator import data as benchmarks
+from orchestrator.knobs import KnobError
 from orchestrator.models.backbones import build_classifier
 from orchestrator.trial import TrialSettings, run_trial
 
@@ -19,6 +20,10 @@ def _model(seed=0):
 def _batch(n=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 5
+
+
+def _params(**config):
+    return methods.get("um").resolve(config)
 
 
 def _grad(model, loss):
@@ -34,7 +39,7 @@ def test_gradient_flips_sign_below_the_floor(offset, sign):
     ce = F.cross_entropy(model(x), y)
     g_ce = _grad(model, ce)
     um = float(ce.detach()) + offset  # offset < 0: batch CE above the floor (descend); > 0: below (ascend)
-    trainer = UMTrainer({"um": um})
+    trainer = UMTrainer(_params(um=um))
     trainer.um = um
     g_um = _grad(model, trainer.loss(model, x, y, 1))
     assert torch.allclose(g_um, sign * g_ce, atol=1e-6)
@@ -72,29 +77,37 @@ def test_floor_estimate_uses_a_masked_copy_in_eval_mode():
 def test_floor_relative_or_absolute():
     bench = benchmarks.load("digits", smoke=True)
     model = _model()
-    rel = UMTrainer({"finetune_epochs": 1, "um_factor": 2.0})
+    rel = UMTrainer(_params(finetune_epochs=1, um_factor=2.0))
     rel.setup(model, bench)
     assert rel.um == pytest.approx(2.0 * rel.estimated)
-    absolute = UMTrainer({"finetune_epochs": 1, "um": 0.123, "um_factor": 2.0})
+    absolute = UMTrainer(_params(finetune_epochs=1, um=0.123, um_factor=2.0))
     absolute.setup(model, bench)
     assert absolute.um == 0.123 and absolute.estimated is None
-    restored = UMTrainer({"finetune_epochs": 1, "um": 9.0})
+    restored = UMTrainer(_params(finetune_epochs=1, um=9.0))
     restored.load_extra_state(rel.extra_state())
     assert restored.um == pytest.approx(rel.um)  # a resumed trial keeps its floor
-    with pytest.raises(ValueError, match="um_factor"):
-        UMTrainer({"um_factor": 0})
+    for bad in ({"um_factor": 0}, {"um": -0.1}, {"mask_ratio": 1.0}):
+        with pytest.raises(KnobError, match=next(iter(bad))):
+            _params(**bad)
+    with pytest.raises(ValueError, match="um_factor"):  # the trainer checks too (a hand-built config)
+        UMTrainer({**_params(), "um_factor": 0})
 
 
 def test_method_knobs_and_scorer():
     um = methods.get("um")
     assert um.finetunes and um.trains()
-    knobs = um.split({"um_factor": 2, "mask_ratio": 0.05, "finetune_epochs": 3, "finetune_lr": 0.1, "um": 0.2,
-                      "temperature": 2.0, "scorer": "energy"})
-    assert set(knobs.training) == {"um_factor", "mask_ratio", "finetune_epochs", "finetune_lr", "um"}
-    assert type(um.scorer({})).__name__ == "EnergyScorer"
-    assert type(um.scorer({"scorer": "msp"})).__name__ == "MSPScorer"
-    with pytest.raises(ValueError, match="post-hoc"):
-        um.scorer({"scorer": "ascood"})
+    own = {"um_factor", "mask_ratio", "finetune_epochs", "finetune_lr", "um", "beta"}
+    assert own <= um.network_knobs() and "temperature" not in um.network_knobs() and "scorer" not in um.network_knobs()
+    assert um.own_knobs()["um"].optional and um.own_knobs()["um"].default is None  # None: estimate the floor
+    params = um.resolve({"um_factor": 2, "temperature": 2.0, "scorer": "energy"})
+    assert params["mask_ratio"] == 0.035 and params["beta"] == 1.0 and params["um"] is None
+    scorer = um.scorer(params)
+    assert type(scorer).__name__ == "EnergyScorer" and scorer.temperature == 2.0
+    assert type(um.scorer(um.resolve({}))).__name__ == "EnergyScorer"
+    assert type(um.scorer(um.resolve({"scorer": "msp"}))).__name__ == "MSPScorer"
+    for training in ("ascood", "um"):
+        with pytest.raises(KnobError, match="unknown scorer"):
+            um.resolve({"scorer": training})
 
 
 def test_run_trial_end_to_end(tmp_path):

@@ -9,6 +9,7 @@ import methods
 from methods.um import masked_layers
 from methods.umap import TopKMask, UMAPTrainer, kept_count, topk_mask
 from orchestrator import data as benchmarks
+from orchestrator.knobs import KnobError
 from orchestrator.models.backbones import build_classifier
 from orchestrator.trial import TrialSettings, run_trial
 
@@ -16,6 +17,10 @@ from orchestrator.trial import TrialSettings, run_trial
 def _model(seed=0):
     torch.manual_seed(seed)
     return build_classifier("small_cnn", 1, 8, 5, [0.3], [0.4])
+
+
+def _params(**config):
+    return methods.get("umap").resolve(config)
 
 
 def test_topk_mask_keeps_exact_fraction_and_passes_gradient_straight_through():
@@ -33,7 +38,7 @@ def test_frozen_weights_only_the_mask_changes():
     bench = benchmarks.load("digits", smoke=True)
     model = _model()
     before = {k: v.clone() for k, v in model.named_parameters()}
-    tr = UMAPTrainer({"finetune_epochs": 2, "finetune_lr": 0.5, "keep_ratio": 0.8, "um": 0.05}, seed=0)
+    tr = UMAPTrainer(_params(finetune_epochs=2, finetune_lr=0.5, keep_ratio=0.8, um=0.05), seed=0)
     tr.setup(model, bench)
     init = {n: s.detach().clone() for n, s in tr.scores.items()}
     for epoch in (1, 2):
@@ -59,7 +64,7 @@ def test_unfrozen_weights_train_too_and_state_survives_a_checkpoint():
     bench = benchmarks.load("digits", smoke=True)
     model = _model()
     before = {k: v.clone() for k, v in model.named_parameters()}
-    tr = UMAPTrainer({"finetune_epochs": 2, "freeze_weights": False, "um": 0.05}, seed=0)
+    tr = UMAPTrainer(_params(finetune_epochs=2, freeze_weights=False, um=0.05), seed=0)
     tr.setup(model, bench)
     tr.train_epoch(model, bench.id_train.x[:128], bench.id_train.y[:128], 1)
     assert not torch.equal(model.head.fc.bias.detach(), before["head.fc.bias"])
@@ -70,7 +75,7 @@ def test_unfrozen_weights_train_too_and_state_survives_a_checkpoint():
     state, saved = ckpt["model"], ckpt["trainer"]
     # resume: a fresh trainer on the base model, then the checkpoint's model and trainer state
     model2 = _model()
-    tr2 = UMAPTrainer({"finetune_epochs": 2, "freeze_weights": False, "um": 0.05}, seed=0)
+    tr2 = UMAPTrainer(_params(finetune_epochs=2, freeze_weights=False, um=0.05), seed=0)
     tr2.setup(model2, bench)
     model2.load_state_dict(state)
     tr2.load_state_dict(saved)
@@ -85,9 +90,16 @@ def test_unfrozen_weights_train_too_and_state_survives_a_checkpoint():
 def test_method_knobs():
     umap = methods.get("umap")
     assert umap.finetunes
-    assert {"keep_ratio", "freeze_weights", "um_factor", "finetune_epochs"} <= umap.training_knobs
-    with pytest.raises(ValueError, match="keep_ratio"):
-        UMAPTrainer({"keep_ratio": 0})
+    assert {"keep_ratio", "freeze_weights", "score_init", "um_factor", "um", "mask_ratio", "beta",
+            "finetune_epochs", "finetune_lr"} <= umap.network_knobs()
+    assert set(methods.get("um").own_knobs()) - {"scorer"} <= set(umap.own_knobs())  # UM's knobs, reused
+    assert type(umap.scorer(umap.resolve({}))).__name__ == "EnergyScorer"
+    with pytest.raises(KnobError, match="keep_ratio"):
+        _params(keep_ratio=0)
+    with pytest.raises(KnobError, match="score_init"):
+        _params(score_init="zeros")
+    with pytest.raises(ValueError, match="keep_ratio"):  # the trainer checks too (a hand-built config)
+        UMAPTrainer({**_params(), "keep_ratio": 0})
 
 
 def test_run_trial_end_to_end(tmp_path):
