@@ -73,20 +73,48 @@ def uniform_kl(logits: torch.Tensor) -> torch.Tensor:
     return (-math.log(k) - F.log_softmax(logits, dim=1).mean(dim=1)).mean()
 
 
-class ASCOODTrainer(Trainer):
-    def __init__(self, params, device="cpu", seed=0):
-        super().__init__(params, device, seed)
+#: The knobs of ASCOOD's outlier synthesis (shared with Outlier Exposure's ``outliers: ascood`` source).
+OUTLIER_KNOBS = (
+    Choice("ood_type", "gradient", OOD_TYPES, network=True, help="how outliers are synthesised"),
+    Float("p_inv", 0.1, gt=0, le=1, network=True, help="fraction of input elements perturbed / shuffled"),
+    Float("alpha_max", 300.0, gt=0, network=True, help="perturbation size α at the first epoch"),
+    Float("alpha_min", None, ge=0, optional=True, network=True,
+          help="α at the last epoch (null: alpha_min_frac · alpha_max)"),
+    Float("alpha_min_frac", 0.1, gt=0, le=1, network=True, help="α_min as a fraction of α_max"),
+)
+
+
+class OutlierSynthesis:
+    """ASCOOD's outliers for a normalised ID batch, from the :data:`OUTLIER_KNOBS` values in ``params``: the one
+    implementation both ASCOOD's trainer and Outlier Exposure's ``ascood`` source use."""
+
+    def __init__(self, params, owner: str = "ascood"):
         self.ood_type = params.get("ood_type", "gradient")
         if self.ood_type not in OOD_TYPES:
-            raise ValueError(f"ascood ood_type must be one of {OOD_TYPES}, got {self.ood_type!r}")
+            raise ValueError(f"{owner} ood_type must be one of {OOD_TYPES}, got {self.ood_type!r}")
         self.p_inv = float(params.get("p_inv", 0.1))
         self.alpha_max = float(params.get("alpha_max", 300.0))
         alpha_min = params.get("alpha_min")
         self.alpha_min = float(alpha_min if alpha_min is not None else params.get("alpha_min_frac", 0.1) * self.alpha_max)
         if not 0 < self.p_inv <= 1:
-            raise ValueError(f"ascood p_inv must be in (0, 1], got {self.p_inv}")
+            raise ValueError(f"{owner} p_inv must be in (0, 1], got {self.p_inv}")
         if self.alpha_min > self.alpha_max:
-            raise ValueError(f"ascood alpha_min ({self.alpha_min}) exceeds alpha_max ({self.alpha_max})")
+            raise ValueError(f"{owner} alpha_min ({self.alpha_min}) exceeds alpha_max ({self.alpha_max})")
+
+    def __call__(self, model, xn: torch.Tensor, y: torch.Tensor, epoch: int, epochs: int) -> torch.Tensor:
+        alpha = alpha_at(epoch, epochs, self.alpha_min, self.alpha_max)
+        if self.ood_type == "gaussian":
+            return gaussian_outliers(xn, alpha)
+        grad = saliency(model, xn, y)
+        if self.ood_type == "shuffle":
+            return shuffle_outliers(xn, grad, self.p_inv)
+        return gradient_outliers(xn, grad, alpha, self.p_inv)
+
+
+class ASCOODTrainer(Trainer):
+    def __init__(self, params, device="cpu", seed=0):
+        super().__init__(params, device, seed)
+        self.synthesis = OutlierSynthesis(params)
         self.w = float(params.get("w", 1.0))
         self.fc_lr_factor = float(params.get("fc_lr_factor", 1.0))
 
@@ -97,13 +125,7 @@ class ASCOODTrainer(Trainer):
         return [{"params": body}, {"params": head, "lr": self.lr * self.fc_lr_factor}]
 
     def outliers(self, model, xn, y, epoch):
-        alpha = alpha_at(epoch, self.epochs, self.alpha_min, self.alpha_max)
-        if self.ood_type == "gaussian":
-            return gaussian_outliers(xn, alpha)
-        grad = saliency(model, xn, y)
-        if self.ood_type == "shuffle":
-            return shuffle_outliers(xn, grad, self.p_inv)
-        return gradient_outliers(xn, grad, alpha, self.p_inv)
+        return self.synthesis(model, xn, y, epoch, self.epochs)
 
     def loss(self, model, x, y, epoch):
         xn = model.normalize(x)
@@ -118,12 +140,7 @@ class ASCOOD(Method):
     paper = "Regmi, ASCOOD: Going Beyond Conventional OOD Detection, arXiv 2411.10794"
     head = "zscore"
     knobs = (
-        Choice("ood_type", "gradient", OOD_TYPES, network=True, help="how outliers are synthesised"),
-        Float("p_inv", 0.1, gt=0, le=1, network=True, help="fraction of input elements perturbed / shuffled"),
-        Float("alpha_max", 300.0, gt=0, network=True, help="perturbation size α at the first epoch"),
-        Float("alpha_min", None, ge=0, optional=True, network=True,
-              help="α at the last epoch (null: alpha_min_frac · alpha_max)"),
-        Float("alpha_min_frac", 0.1, gt=0, le=1, network=True, help="α_min as a fraction of α_max"),
+        *OUTLIER_KNOBS,
         Float("w", 1.0, ge=0, network=True, help="weight of the uniform-KL outlier loss"),
         Float("sigma", 0.5, gt=0, network=True, help="scale of the z-scored head"),
         Float("fc_lr_factor", 1.0, gt=0, network=True, help="head learning rate as a fraction of lr"),

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods import ascood
-from methods.ascood import OOD_TYPES as ASCOOD_TYPES
+from methods.ascood import OUTLIER_KNOBS as ASCOOD_OUTLIER_KNOBS
 from methods.base import FeatureScorer, Outputs
 from orchestrator.knobs import Choice, Float, Int
 
@@ -241,8 +241,8 @@ def kirby_images(model, x: torch.Tensor, threshold: float = 0.3, iters: int | No
 OE_SOURCES = ("aux", "dmr", "kirby", "ascood", "gaussian")
 
 #: The knobs :class:`OutlierSource` reads (Outlier Exposure lists ``*OE_SOURCE_KNOBS``); they shape the outliers the
-#: network is trained against, so all are network knobs. The ascood source's knobs are ASCOOD's own, with ASCOOD's
-#: defaults and domains (methods/ascood.py), so ``outliers: ascood`` synthesises exactly ASCOOD's outliers.
+#: network is trained against, so all are network knobs. The ascood source's knobs are ASCOOD's own declaration
+#: (methods/ascood.py) and its synthesis ASCOOD's code, so ``outliers: ascood`` makes exactly ASCOOD's outliers.
 OE_SOURCE_KNOBS = (
     Choice("outliers", "gaussian", OE_SOURCES, network=True,
            help="outlier source (aux needs a benchmark with an auxiliary set)"),
@@ -253,12 +253,7 @@ OE_SOURCE_KNOBS = (
         help="outliers=dmr: images of distinct classes mixed by multiple / without_dmr (at most the class count)"),
     Float("kirby_threshold", 0.3, gt=0, le=1, network=True, help="outliers=kirby: erase pixels with Grad-CAM ≥ it"),
     Float("gaussian_std", 1.0, gt=0, network=True, help="outliers=gaussian: standard deviation in normalised space"),
-    Choice("ood_type", "gradient", ASCOOD_TYPES, network=True, help="outliers=ascood: how outliers are synthesised"),
-    Float("p_inv", 0.1, gt=0, le=1, network=True, help="outliers=ascood: fraction of input elements perturbed"),
-    Float("alpha_max", 300.0, gt=0, network=True, help="outliers=ascood: perturbation size α at the first epoch"),
-    Float("alpha_min", None, ge=0, optional=True, network=True,
-          help="outliers=ascood: α at the last epoch (null: alpha_min_frac · alpha_max)"),
-    Float("alpha_min_frac", 0.1, gt=0, le=1, network=True, help="outliers=ascood: α_min as a fraction of α_max"),
+    *ASCOOD_OUTLIER_KNOBS,  # outliers=ascood
 )
 
 
@@ -289,15 +284,7 @@ class OutlierSource:
         self.s, self.p, self.k = float(params["dmr_s"]), float(params["dmr_p"]), int(params["dmr_k"])
         self.threshold = float(params["kirby_threshold"])
         self.std = float(params["gaussian_std"])
-        self.ascood_type = params["ood_type"]
-        if self.ascood_type not in ASCOOD_TYPES:
-            raise ValueError(f"oe ood_type must be one of {ASCOOD_TYPES}, got {self.ascood_type!r}")
-        self.p_inv = float(params["p_inv"])
-        self.alpha_max = float(params["alpha_max"])
-        alpha_min = params["alpha_min"]
-        self.alpha_min = float(alpha_min if alpha_min is not None else params["alpha_min_frac"] * self.alpha_max)
-        if self.kind == "ascood" and self.alpha_min > self.alpha_max:
-            raise ValueError(f"oe alpha_min ({self.alpha_min}) exceeds alpha_max ({self.alpha_max})")
+        self.ascood = ascood.OutlierSynthesis(params, "oe") if self.kind == "ascood" else None
         self.rng = None
 
     def prepare(self, bench, seed: int = 0) -> None:
@@ -347,12 +334,5 @@ class OutlierSource:
         elif self.kind == "gaussian":
             out = self.std * torch.randn_like(x)
         else:
-            xn = model.normalize(x)
-            alpha = ascood.alpha_at(epoch, epochs, self.alpha_min, self.alpha_max)
-            if self.ascood_type == "gaussian":
-                out = ascood.gaussian_outliers(xn, alpha)
-            else:
-                grad = ascood.saliency(model, xn, y)
-                out = (ascood.shuffle_outliers(xn, grad, self.p_inv) if self.ascood_type == "shuffle"
-                       else ascood.gradient_outliers(xn, grad, alpha, self.p_inv))
+            out = self.ascood(model, model.normalize(x), y, epoch, epochs)
         return out.detach()

@@ -100,8 +100,8 @@ def test_ascood_source_uses_ascoods_knobs_and_alpha_schedule(bench, small_cnn):
         mine, theirs = oe.own_knobs()[name], ascood.own_knobs()[name]  # same domain and default as ASCOOD
         assert dataclasses.replace(mine, help="") == dataclasses.replace(theirs, help=""), name
     src = OutlierSource(_params(outliers="ascood"))
-    assert (src.alpha_max, src.alpha_min) == (300.0, pytest.approx(30.0))  # alpha_min_frac · alpha_max
-    assert OutlierSource(_params(outliers="ascood", alpha_min=5.0)).alpha_min == 5.0
+    assert (src.ascood.alpha_max, src.ascood.alpha_min) == (300.0, pytest.approx(30.0))  # alpha_min_frac · alpha_max
+    assert OutlierSource(_params(outliers="ascood", alpha_min=5.0)).ascood.alpha_min == 5.0
     with pytest.raises(ValueError, match="alpha_min"):
         OutlierSource(_params(outliers="ascood", alpha_min=400.0))
     model = small_cnn().eval()
