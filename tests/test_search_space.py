@@ -59,3 +59,11 @@ def test_invalid_yaml_and_missing_file(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"space": {"k": {"type": "int", "low": 1, "high": 9, "log": True}}}))
     assert search_space.load("m", good).knobs[0].log
+
+
+def test_a_method_without_knobs_runs_one_trial_and_says_so(workdir):
+    from orchestrator.sweep.prepare import SweepOptions, prepare
+
+    prep = prepare(SweepOptions(method="msp", smoke_test=True, num_samples=8))
+    assert prep.num_samples == 1
+    assert "msp searches no knob: running 1 trial" in prep.notes[0]

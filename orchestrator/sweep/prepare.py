@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,8 @@ class Prepared:
     fixed: dict[str, Any]
     resources: dict[str, float]
     resume: dict[str, Any] | None = None  # the saved state of the sweep being resumed
+    #: Lines the sweep prints before it starts (what prepare decided for the user).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def experiment_path(self) -> str:
@@ -174,9 +176,15 @@ def prepare(opts: SweepOptions) -> Prepared:
         _check_storage(Path(storage))
     if opts.address:
         _check_address(opts.address)
-    return Prepared(opts, space, bench, name, uri, storage,
-                    opts.num_samples or smoke.get("num_samples") or space.num_samples,
-                    opts.max_concurrent or smoke.get("max_concurrent") or space.max_concurrent, fixed, resources)
+    num_samples = opts.num_samples or smoke.get("num_samples") or space.num_samples
+    notes = []
+    if not space.knobs and num_samples > 1:
+        notes.append(f"{method.name} searches no knob: running 1 trial ({num_samples} would be identical; "
+                     f"--seeds N repeats it with other seeds)")
+        num_samples = 1
+    return Prepared(opts, space, bench, name, uri, storage, num_samples,
+                    opts.max_concurrent or smoke.get("max_concurrent") or space.max_concurrent, fixed, resources,
+                    notes=notes)
 
 
 def prepare_resume(target: str, storage_path: str | None = None, **overrides) -> Prepared:

@@ -220,6 +220,8 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     _log_to(held)  # ray.init reset the "ray" logger
     _check_resources(prep.resources, opts)
     _say(opts, f"{which}\nLibrary logs (Ray, MLflow, Optuna): {_start_log_file(prep, held)}")
+    for note in prep.notes:
+        _say(opts, note)
     if dashboard:
         _say(opts, f"Ray dashboard: http://{dashboard}  (access token: `ray get-auth-token`)")
     tags = {"method": method.name, "benchmark": bench.name, "paper": method.paper}
