@@ -11,6 +11,9 @@ from __future__ import annotations
 from orchestrator.knobs import Bool, Choice, Float, Int, Knob
 from orchestrator.models import BACKBONES
 
+#: Training-time augmentations a benchmark's recipe may declare (orchestrator.training.augment applies them).
+AUGMENTATIONS = ("none", "flip", "crop_flip")
+
 RECIPE: tuple[Knob, ...] = (
     Choice("backbone", "small_cnn", BACKBONES.names(), network=True, help="registered encoder (list: Backbones)"),
     Int("epochs", 10, ge=1, network=True, help="training epochs of the network"),
@@ -19,6 +22,9 @@ RECIPE: tuple[Knob, ...] = (
     Float("momentum", 0.9, ge=0, lt=1, network=True, help="SGD momentum"),
     Float("weight_decay", 5e-4, ge=0, network=True, help="SGD weight decay"),
     Bool("nesterov", True, network=True, help="Nesterov momentum"),
+    Choice("augment", "none", AUGMENTATIONS, network=True,
+           help="training augmentation: crop_flip = random crop with 4-pixel zero padding + horizontal flip "
+                "(OpenOOD's CIFAR recipe), flip = horizontal flip only"),
 )
 
 RECIPE_KNOBS = frozenset(k.name for k in RECIPE)

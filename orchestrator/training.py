@@ -36,6 +36,24 @@ def pick_device() -> torch.device:
     return torch.device("cuda")
 
 
+def augment(x: torch.Tensor, kind: str, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """The recipe's training augmentation of a float batch (N, C, H, W), drawn from ``generator`` (CPU):
+    ``flip`` mirrors each image with probability 1/2; ``crop_flip`` first takes a random H×W crop of the image
+    zero-padded by ``pad`` pixels (torchvision's RandomCrop(size, padding=4) + RandomHorizontalFlip, as OpenOOD
+    trains CIFAR). ``none`` returns ``x``."""
+    if kind == "none":
+        return x
+    if kind not in ("flip", "crop_flip"):
+        raise ValueError(f"unknown augmentation {kind!r}; choose none, flip or crop_flip")
+    n, _, h, w = x.shape
+    if kind == "crop_flip":
+        padded = F.pad(x, (pad, pad, pad, pad))
+        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).tolist()
+        x = torch.stack([padded[i, :, r:r + h, c:c + w] for i, (r, c) in enumerate(offsets)])
+    mirror = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(n, 1, 1, 1)
+    return torch.where(mirror, x.flip(3), x).contiguous(memory_format=torch.channels_last)
+
+
 class Trainer:
     """Cross-entropy training with SGD + cosine schedule; subclasses override :meth:`loss`.
 
@@ -55,6 +73,7 @@ class Trainer:
         self.epochs = int(params.get(self.epochs_knob, self.default_epochs))
         self.lr = float(params.get(self.lr_knob, self.default_lr))
         self.batch_size = int(params.get("batch_size", 128))
+        self.augment = params.get("augment", "none")
         self.seed = seed
         self.optimizer = None
         self.scheduler = None
@@ -88,12 +107,13 @@ class Trainer:
         """One pass over (x uint8, y) in a seeded random order; returns the mean loss."""
         model.train()
         order = np.random.default_rng([self.seed, epoch]).permutation(len(x))
+        flips = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         total, count = 0.0, 0
         for start in range(0, len(order), self.batch_size):
             idx = np.sort(order[start:start + self.batch_size])
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            xb = to_float(x[idx], self.device)
+            xb = augment(to_float(x[idx], self.device), self.augment, flips)
             yb = torch.as_tensor(y[idx]).to(self.device)
             loss = self.loss(model, xb, yb, epoch)
             if not torch.isfinite(loss):
