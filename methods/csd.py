@@ -25,11 +25,20 @@ from numbers import Integral
 import numpy as np
 
 from methods import register
-from methods.base import Method, Outputs, Scorer
-from methods.knn import flat_l2_index
+from methods.base import FeatureMapScorer, Method, Outputs
+from methods.knn import flat_l2_index, l2_normalise
+from orchestrator.knobs import Bool, Choice, Int
 
 DEFAULT_K = 10
 AGGREGATORS = ("max", "mean")
+
+#: CSD's knobs (post-hoc); MODE scores with CSD and lists them too.
+CSD_KNOBS = (
+    Int("k", DEFAULT_K, ge=1, help="the k-th nearest training scale vector (clamped to the bank size)"),
+    Int("grid", 2, ge=1, help="grid×grid pooled cells of the feature map (2 = the paper's quadrants)"),
+    Bool("centre", True, help="add the central window as a scale"),
+    Choice("aggregator", "max", AGGREGATORS, help="how the per-scale scores combine"),
+)
 
 
 def _check_int(name: str, value, low: int) -> int:
@@ -85,21 +94,13 @@ def num_scales(grid: int, centre: bool) -> int:
     return (grid * grid if grid > 1 else 0) + 1 + int(centre)
 
 
-def l2_normalise(v: np.ndarray) -> np.ndarray:
-    """Last-axis L2 normalisation (+1e-10), float32 C-contiguous (what faiss wants)."""
-    v = np.asarray(v, dtype=np.float64)
-    v = v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-10)
-    return np.ascontiguousarray(v, dtype=np.float32)
-
-
-class CSDScorer(Scorer):
+class CSDScorer(FeatureMapScorer):
     """Cross-scale decision on the last feature map; ``fit`` on training outputs, ``score`` on any split.
 
     Plain Python: ``CSDScorer(k=10).fit(Outputs(..., fmap=train_maps)).score(Outputs(..., fmap=test_maps))``,
     or :meth:`fit_maps` / :meth:`score_maps` directly on (N, C, H, W) arrays.
     """
 
-    needs = frozenset({"fmap"})
     needs_fit = True
 
     def __init__(self, k: int = DEFAULT_K, grid: int = 2, centre=True, aggregator: str = "max",
@@ -162,14 +163,15 @@ class CSDScorer(Scorer):
         return self.score_maps(outputs.fmap)
 
 
-def csd_from_params(params: dict) -> CSDScorer:
-    return CSDScorer(params.get("k", DEFAULT_K), params.get("grid", 2), params.get("centre", True),
-                     params.get("aggregator", "max"))
+def csd_from_params(params) -> CSDScorer:
+    """The CSD scorer of the :data:`CSD_KNOBS` values in ``params`` (CSD's and MODE's)."""
+    return CSDScorer(params["k"], params["grid"], params["centre"], params["aggregator"])
 
 
 @register("csd")
 class CSD(Method):
     paper = "MODE: Multi-scale OOD DEtection (cross-scale decision), IEEE TIP 2023"
+    knobs = CSD_KNOBS
 
     def scorer(self, params):
         return csd_from_params(params)

@@ -9,10 +9,10 @@ import numpy as np
 from scipy.special import log_softmax
 
 from methods import register
-from methods.base import Method, Outputs, Scorer
+from methods.base import LogitScorer, Method, Outputs
 
 
-class EntropyScorer(Scorer):
+class EntropyScorer(LogitScorer):
     def score(self, outputs: Outputs) -> np.ndarray:
         logp = log_softmax(np.asarray(outputs.logits, dtype=np.float64), axis=1)
         # p·log p with p = exp(log p) underflowing to 0 contributes 0, never NaN (log p stays finite).

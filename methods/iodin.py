@@ -15,6 +15,7 @@ import torch
 from methods import register
 from methods.base import Method
 from methods.odin import DEFAULT_EPSILON, DEFAULT_TEMPERATURE, OdinScorer, step_sign
+from orchestrator.knobs import Float
 
 
 def largest_gradient_mask(grad: torch.Tensor, std: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,6 +42,9 @@ class IodinScorer(OdinScorer):
 @register("iodin")
 class Iodin(Method):
     paper = "Regmi, Going Beyond Conventional OOD Detection (ASCOOD, i-ODIN), arXiv 2411.10794"
+    knobs = (Float("temperature", DEFAULT_TEMPERATURE, gt=0, help="softmax temperature T"),
+             Float("epsilon", DEFAULT_EPSILON, ge=0,
+                   help="step on the one input element of largest |gradient·std| (raw pixel scale)"))
 
     def scorer(self, params):
-        return IodinScorer(params.get("temperature", DEFAULT_TEMPERATURE), params.get("epsilon", DEFAULT_EPSILON))
+        return IodinScorer(params["temperature"], params["epsilon"])

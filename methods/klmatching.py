@@ -14,13 +14,13 @@ import numpy as np
 from scipy.special import log_softmax
 
 from methods import register
-from methods.base import Method, Outputs, Scorer
+from methods.base import LogitScorer, Method, Outputs
 
 #: Floor for template probabilities inside log(d): keeps KL finite for zero entries (one-hot fallbacks).
 FLOOR = 1e-12
 
 
-class KLMatchingScorer(Scorer):
+class KLMatchingScorer(LogitScorer):
     needs_fit = True
 
     def __init__(self):

@@ -39,9 +39,10 @@ def check_k(k) -> int:
 
 
 def l2_normalise(h: np.ndarray) -> np.ndarray:
-    """Rows divided by their norm (+1e-10, as the authors), as a C-contiguous float32 array for faiss."""
+    """Vectors along the last axis divided by their norm (+1e-10, as the authors), as a C-contiguous float32
+    array for faiss (KNN's rows, CSD's scale vectors)."""
     h = np.asarray(h, dtype=np.float64)
-    h = h / (np.linalg.norm(h, axis=1, keepdims=True) + 1e-10)
+    h = h / (np.linalg.norm(h, axis=-1, keepdims=True) + 1e-10)
     return np.ascontiguousarray(h, dtype=np.float32)
 
 

@@ -16,22 +16,23 @@ import numpy as np
 import torch
 
 from methods import register
-from methods.base import Method, Outputs, Scorer
+from methods.base import FeatureScorer, InputGradientScorer, Method, Outputs
+from orchestrator.knobs import Float
 from methods.odin import real_knob, step_sign
 
 DEFAULT_EPSILON = 0.0
 DEFAULT_RIDGE = 1e-6
 
 
-class MahalanobisScorer(Scorer):
-    needs = frozenset({"features"})
+class MahalanobisScorer(InputGradientScorer, FeatureScorer):
+    """Class-conditional Gaussians with a shared covariance on the penultimate features; with ε > 0 the input is
+    first perturbed against the gradient of the closest class's distance (``uses_input_gradients``)."""
+
     needs_fit = True
-    needs_input = False  # class default; instances set it to epsilon > 0
 
     def __init__(self, epsilon: float = DEFAULT_EPSILON, ridge: float = DEFAULT_RIDGE):
         self.epsilon = real_knob("mahalanobis", "epsilon", epsilon)
         self.ridge = real_knob("mahalanobis", "ridge", ridge)
-        self.needs_input = self.epsilon > 0
         self.classes_: np.ndarray | None = None
         self.means_: np.ndarray | None = None
         self.precision_: np.ndarray | None = None
@@ -53,6 +54,10 @@ class MahalanobisScorer(Scorer):
         self.means_ = means
         self.precision_ = np.linalg.pinv(cov, hermitian=True)
         return self
+
+    @property
+    def uses_input_gradients(self) -> bool:
+        return self.epsilon > 0
 
     def _check_fitted(self):
         if self.means_ is None:
@@ -107,6 +112,8 @@ class MahalanobisScorer(Scorer):
 class Mahalanobis(Method):
     paper = ("Lee et al., A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial "
              "Attacks, NeurIPS 2018")
+    knobs = (Float("epsilon", DEFAULT_EPSILON, ge=0, help="input perturbation size ε (0: score cached features)"),
+             Float("ridge", DEFAULT_RIDGE, ge=0, help="added to the covariance's diagonal before inversion"))
 
     def scorer(self, params):
-        return MahalanobisScorer(params.get("epsilon", DEFAULT_EPSILON), params.get("ridge", DEFAULT_RIDGE))
+        return MahalanobisScorer(params["epsilon"], params["ridge"])

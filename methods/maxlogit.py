@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 
 from methods import register
-from methods.base import Method, Outputs, Scorer
+from methods.base import LogitScorer, Method, Outputs
 
 
-class MaxLogitScorer(Scorer):
+class MaxLogitScorer(LogitScorer):
     def score(self, outputs: Outputs) -> np.ndarray:
         return np.asarray(outputs.logits, dtype=np.float64).max(axis=1)
 

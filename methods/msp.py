@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from methods import register
-from methods.base import Method, Outputs, Scorer
+from methods.base import LogitScorer, Method, Outputs
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -13,7 +13,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-class MSPScorer(Scorer):
+class MSPScorer(LogitScorer):
     def score(self, outputs: Outputs) -> np.ndarray:
         return softmax(outputs.logits.astype(np.float64)).max(axis=1)
 

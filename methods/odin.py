@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from scipy.special import softmax
 
 from methods import register
-from methods.base import Method, Outputs, Scorer
+from methods.base import InputGradientScorer, LogitScorer, Method, Outputs
+from orchestrator.knobs import Float
 
 DEFAULT_TEMPERATURE = 1000.0
 DEFAULT_EPSILON = 0.0014
@@ -59,16 +60,20 @@ def tempered_msp(logits: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1).max(axis=1)
 
 
-class OdinScorer(Scorer):
-    needs_input = True  # class default; instances set it to epsilon > 0
+class OdinScorer(InputGradientScorer, LogitScorer):
+    """Temperature-scaled MSP of the input perturbed against its gradient; with ε = 0 no gradient is needed and
+    the scorer reads cached logits (``uses_input_gradients`` is False)."""
 
     method = "odin"
 
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE, epsilon: float = DEFAULT_EPSILON):
         self.temperature = real_knob(self.method, "temperature", temperature, positive=True)
         self.epsilon = real_knob(self.method, "epsilon", epsilon)
+
+    @property
+    def uses_input_gradients(self) -> bool:
         # ε = 0 is plain temperature-scaled MSP: score cached logits instead of running the network again.
-        self.needs_input = self.epsilon > 0
+        return self.epsilon > 0
 
     def _step(self, model, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return x - self.epsilon * step_sign(grad)
@@ -96,7 +101,10 @@ class OdinScorer(Scorer):
 
 @register("odin")
 class Odin(Method):
-    paper = "Liang, Li & Srikant, Enhancing the Reliability of Out-of-distribution Image Detection in Neural Networks, ICLR 2018"
+    paper = ("Liang, Li & Srikant, Enhancing the Reliability of Out-of-distribution Image Detection in Neural "
+             "Networks, ICLR 2018")
+    knobs = (Float("temperature", DEFAULT_TEMPERATURE, gt=0, help="softmax temperature T"),
+             Float("epsilon", DEFAULT_EPSILON, ge=0, help="input perturbation size ε (raw [0, 1] pixel scale)"))
 
     def scorer(self, params):
-        return OdinScorer(params.get("temperature", DEFAULT_TEMPERATURE), params.get("epsilon", DEFAULT_EPSILON))
+        return OdinScorer(params["temperature"], params["epsilon"])

@@ -16,7 +16,8 @@ import numpy as np
 from scipy.special import logsumexp
 
 from methods import register
-from methods.base import Method, Outputs, Scorer
+from methods.base import FeatureScorer, Method, Outputs
+from orchestrator.knobs import Int
 
 
 def check_dim(dim) -> int | None:
@@ -29,11 +30,10 @@ def check_dim(dim) -> int | None:
     return int(dim)
 
 
-class VimScorer(Scorer):
+class VimScorer(FeatureScorer):
     """``VimScorer(dim)`` takes W, b from ``model.head.fc`` at fit; ``VimScorer(dim, weight=W, bias=b)`` needs no model."""
 
-    needs = frozenset({"logits", "features"})
-    needs_fit = True
+    needs_fit = True  # reads the features and the logits
 
     def __init__(self, dim: int | None = None, weight=None, bias=None):
         self.dim = check_dim(dim)
@@ -94,6 +94,8 @@ class VimScorer(Scorer):
 @register("vim")
 class Vim(Method):
     paper = "Wang et al., ViM: Out-Of-Distribution with Virtual-logit Matching, CVPR 2022"
+    knobs = (Int("dim", None, ge=1, optional=True,
+                 help="principal subspace dimension D (null: half the feature width)"),)
 
     def scorer(self, params):
-        return VimScorer(params.get("dim"))
+        return VimScorer(params["dim"])

@@ -76,8 +76,9 @@ def test_registered_and_pickles():
 
     import methods
 
-    scorer = methods.get("csd").scorer({"k": 2, "grid": 1, "centre": "off"})
-    assert scorer.needs == frozenset({"fmap"}) and scorer.needs_fit and not scorer.centre
+    csd = methods.get("csd")
+    scorer = csd.scorer(csd.resolve({"k": 2, "grid": 1, "centre": False}))
+    assert scorer.reads_feature_map and scorer.needs_fit and not scorer.centre
     scorer.fit_maps(_maps(10))
     before = scorer.score_maps(_maps(4, seed=8))
     again = pickle.loads(pickle.dumps(scorer))

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 import methods
-from methods.base import Outputs
+from methods.base import FeatureMapScorer, FeatureScorer, InputGradientScorer, LogitScorer, Outputs
 from methods.entropy import EntropyScorer
 from methods.iodin import IodinScorer
 from methods.klmatching import FLOOR, KLMatchingScorer
@@ -126,9 +126,9 @@ def test_mahalanobis_matches_closed_form_on_random_data():
 def test_mahalanobis_requires_labels_and_scoring_path():
     with pytest.raises(ValueError, match="labels"):
         MahalanobisScorer().fit(outs(features=[[0.0, 1.0]]))
-    assert MahalanobisScorer(epsilon=0.0).needs_input is False
+    assert MahalanobisScorer(epsilon=0.0).uses_input_gradients is False
     eps = MahalanobisScorer(epsilon=0.002).fit(MAHA_FIT)
-    assert eps.needs_input is True
+    assert eps.uses_input_gradients is True
     with pytest.raises(ValueError, match="score_inputs"):
         eps.score(outs(features=[[0.0, 0.0]]))
 
@@ -245,7 +245,7 @@ def test_odin_epsilon_zero_is_temperature_scaled_msp():
     x = torch.rand(6, *SHAPE, dtype=torch.float64)
     for T in (1.0, 10.0, 1000.0):
         scorer = OdinScorer(temperature=T, epsilon=0.0)
-        assert scorer.needs_input is False
+        assert scorer.uses_input_gradients is False
         np.testing.assert_allclose(scorer.score_inputs(model, x), _tempered_msp(model, x, T), rtol=1e-12)
         with torch.no_grad():
             logits = model(x).numpy()
@@ -261,7 +261,7 @@ def test_odin_matches_hand_gradient_step():
     g = _numpy_ce_grad(x.numpy(), A, W, b, T)
     x_tilde = x.numpy() - eps * np.where(g >= 0, 1.0, -1.0)
     scorer = OdinScorer(temperature=T, epsilon=eps)
-    assert scorer.needs_input is True
+    assert scorer.uses_input_gradients is True
     np.testing.assert_allclose(scorer.perturb(model, x).numpy(), x_tilde, rtol=1e-12)
     np.testing.assert_allclose(scorer.score_inputs(model, x), _tempered_msp(model, torch.as_tensor(x_tilde), T),
                                rtol=1e-10)
@@ -385,16 +385,39 @@ def test_methods_are_registered_with_papers():
         assert method.paper and not method.trains()
 
 
-def test_method_defaults():
-    odin = methods.get("odin").scorer({})
-    assert (odin.temperature, odin.epsilon, odin.needs_input) == (1000.0, 0.0014, True)
-    iodin = methods.get("iodin").scorer({"lr": 0.1, "epochs": 3})  # unrelated recipe keys are ignored
+def _default_scorer(name, **config):
+    method = methods.get(name)
+    return method.scorer(method.resolve(config))
+
+
+def test_odin_defaults():
+    odin = _default_scorer("odin")
+    assert (odin.temperature, odin.epsilon, odin.uses_input_gradients) == (1000.0, 0.0014, True)
+
+
+def test_iodin_defaults_beside_recipe_knobs():
+    iodin = _default_scorer("iodin", lr=0.1, epochs=3)  # recipe knobs are everyone's; the scorer ignores them
     assert isinstance(iodin, IodinScorer) and (iodin.temperature, iodin.epsilon) == (1000.0, 0.0014)
-    maha = methods.get("mahalanobis").scorer({})
-    assert (maha.epsilon, maha.ridge, maha.needs_input, maha.needs_fit) == (0.0, 1e-6, False, True)
-    assert methods.get("vim").scorer({}).dim is None
-    assert methods.get("knn").scorer({}).k == 50
-    assert methods.get("knn").scorer({}).needs == frozenset({"features"})
+
+
+def test_mahalanobis_defaults():
+    maha = _default_scorer("mahalanobis")
+    assert (maha.epsilon, maha.ridge, maha.uses_input_gradients, maha.needs_fit) == (0.0, 1e-6, False, True)
+
+
+def test_vim_default_dim_is_derived():
+    assert _default_scorer("vim").dim is None
+
+
+def test_knn_default_k():
+    assert _default_scorer("knn").k == 50
+
+
+@pytest.mark.parametrize("name, base", [("knn", FeatureScorer), ("mahalanobis", FeatureScorer),
+                                        ("vim", FeatureScorer), ("msp", LogitScorer), ("odin", LogitScorer),
+                                        ("odin", InputGradientScorer), ("csd", FeatureMapScorer)])
+def test_scorers_are_typed_by_what_they_read(name, base):
+    assert isinstance(_default_scorer(name), base)
 
 
 @pytest.mark.parametrize("name, params", [
@@ -404,7 +427,16 @@ def test_method_defaults():
 ])
 def test_bad_knobs_raise_clear_errors(name, params):
     with pytest.raises(ValueError, match=next(iter(params))):
-        methods.get(name).scorer(params)
+        methods.get(name).resolve(params)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("odin", {"temperature": 0}), ("mahalanobis", {"ridge": -1.0}), ("vim", {"dim": 0}), ("knn", {"k": 0}),
+])
+def test_scorers_check_their_own_values_outside_a_sweep(name, params):
+    method = methods.get(name)
+    with pytest.raises(ValueError, match=next(iter(params))):
+        method.scorer({**method.resolve({}), **params})
 
 
 @pytest.mark.parametrize("name", MINE)
@@ -414,4 +446,4 @@ def test_search_space_knobs_reach_the_scorer(name):
     assert space.num_samples == (8 if space.knobs else 1)
     for knob in space.knobs:
         for value in (knob.choices or [knob.low, knob.high]):
-            assert getattr(methods.get(name).scorer({knob.name: value}), knob.name) == value
+            assert getattr(_default_scorer(name, **{knob.name: value}), knob.name) == value
