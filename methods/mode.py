@@ -9,7 +9,8 @@ every spatial location of the last feature map (L = H·W locations). For an orde
     s(a, b)   = t(a, b) + t(b, a)                                   (symmetric by construction, ≤ 2)
 
 Over the 2B augmented views of a batch (random crop with zero padding H/8 + horizontal flip where sensible:
-``hflip: auto`` turns it off for digit benchmarks), a supervised-contrastive loss with logits
+``hflip: auto`` flips only on benchmarks that declare flips label-preserving, ``Benchmark.hflip_invariant`` —
+not digits), a supervised-contrastive loss with logits
 ``inverse_temperature``·s(a, b) (self-pairs excluded from the denominator, positives = same label, mean over
 positives then over anchors, as SupCon) is minimised.
 
@@ -40,13 +41,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-import methods
 from methods import register
 from methods.base import Method
-from methods.csd import csd_from_params
+from methods.csd import CSD_KNOBS
+from orchestrator.knobs import Choice, Float, Int, ScorerChoice
+from orchestrator.recipe import finetune_knobs
 from orchestrator.training import FineTuner
 
 VARIANTS = ("mode_f", "mode_t")
+#: ``hflip``: auto = the benchmark's ``hflip_invariant``; true / false force it.
+HFLIP = ("auto", True, False)
 #: L×L float tensors kept alive per (anchor, other) pair in forward + backward (attention logits/softmax, Gram
 #: matrices, products and their gradients, generously counted) and L·d ones (none: aligned values are never
 #: materialised, see :func:`_t_rows`); used to size chunks.
@@ -160,30 +164,32 @@ def augment(x: torch.Tensor, hflip: bool, pad: int | None = None, generator=None
 class MODETrainer(FineTuner):
     def __init__(self, params, device="cpu", seed=0):
         super().__init__(params, device, seed)
-        self.variant = params.get("variant", "mode_f")
+        self.variant = params["variant"]
         if self.variant not in VARIANTS:
             raise ValueError(f"mode: variant must be one of {VARIANTS}, got {self.variant!r}")
-        self.inverse_temperature = float(params.get("inverse_temperature", 10.0))
-        self.inner_dim = int(params.get("inner_dim", 80))
-        self.lam = float(params.get("lam", 1.0))
-        self.supcon_temperature = float(params.get("supcon_temperature", 0.1))
-        self.hflip_knob = params.get("hflip", "auto")
-        self.budget_mb = float(params.get("alpa_chunk_mb", 256.0))
+        self.inverse_temperature = float(params["inverse_temperature"])
+        self.inner_dim = int(params["inner_dim"])
+        self.lam = float(params["lam"])
+        self.supcon_temperature = float(params["supcon_temperature"])
+        self.hflip_knob = params["hflip"]
+        if self.hflip_knob not in HFLIP:
+            raise ValueError(f"mode: hflip must be auto, true or false, got {self.hflip_knob!r}")
+        self.budget_mb = float(params["alpa_chunk_mb"])
         # ALPA's cost grows with (2B)²: the fine-tuning batch may be smaller than the base network's recipe batch
-        self.batch_size = int(params.get("finetune_batch_size", self.batch_size))
+        if params["finetune_batch_size"] is not None:
+            self.batch_size = int(params["finetune_batch_size"])
         if self.inner_dim < 1 or self.inverse_temperature <= 0 or self.supcon_temperature <= 0:
             raise ValueError("mode: inner_dim, inverse_temperature and supcon_temperature must be positive")
         self.proj: ALPAProjectors | None = None
-        self.hflip = True
+        self.hflip = False
 
     def prepare(self, model):
         torch.manual_seed(self.seed)
         self.proj = ALPAProjectors(model.feature_dim, self.inner_dim).to(self.device)
-        if self.hflip_knob == "auto":
-            name = getattr(self.bench, "name", "") if self.bench is not None else ""
-            self.hflip = not ("digit" in name or (name.endswith("mnist") and "fashion" not in name))
+        if self.hflip_knob == "auto":  # the benchmark declares whether a flip keeps the label
+            self.hflip = bool(getattr(self.bench, "hflip_invariant", False))
         else:
-            self.hflip = str(self.hflip_knob).lower() in ("true", "1", "on", "yes")
+            self.hflip = bool(self.hflip_knob)
 
     def param_groups(self, model):
         return [{"params": list(model.parameters()) + list(self.proj.parameters())}]
@@ -209,16 +215,25 @@ class MODETrainer(FineTuner):
 class MODE(Method):
     paper = "MODE: Multi-scale OOD DEtection (ALPA fine-tuning + cross-scale decision), IEEE TIP 2023"
     finetunes = True
-    training_knobs = frozenset({"variant", "inverse_temperature", "inner_dim", "lam", "supcon_temperature",
-                                "hflip", "finetune_epochs", "finetune_lr", "finetune_batch_size"})
+    knobs = (
+        Choice("variant", "mode_f", VARIANTS, network=True, help="mode_f: ALPA alone; mode_t: SupCon on h + lam·ALPA"),
+        Float("inverse_temperature", 10.0, gt=0, network=True, help="ALPA's SupCon logit scale on s(a, b)"),
+        Int("inner_dim", 80, ge=1, network=True, help="width d of the query/key/value projectors"),
+        Float("lam", 1.0, ge=0, network=True, help="weight of ALPA in MODE-T (variant mode_t)"),
+        Float("supcon_temperature", 0.1, gt=0, network=True, help="τ of MODE-T's SupCon on global features"),
+        Choice("hflip", "auto", HFLIP, network=True,
+               help="random horizontal flips (auto: where the benchmark declares them label-preserving)"),
+        Int("finetune_batch_size", None, ge=2, optional=True, network=True,
+            help="fine-tuning batch size B (null: the recipe's batch_size)"),
+        *finetune_knobs(10, 0.01),
+        Float("alpa_chunk_mb", 256.0, gt=0,
+              help="memory budget (MiB) of one chunk of ALPA's pairwise tensors (same result, less memory)"),
+        *CSD_KNOBS,
+        ScorerChoice("scorer", "csd", help="post-hoc method scoring the fine-tuned network (default: CSD)"),
+    )
 
     def trainer_class(self):
         return MODETrainer
 
     def scorer(self, params):
-        name = params.get("scorer", "csd")
-        if name == "csd":
-            return csd_from_params(params)
-        if name == self.name:
-            raise ValueError("mode's scorer must be a post-hoc method such as csd or knn")
-        return methods.get(name).scorer(params)
+        return self.delegated_scorer(params)

@@ -43,9 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import methods
 from methods import register
 from methods.base import Method
+from orchestrator.knobs import Choice, Float, Int, ScorerChoice
+from orchestrator.recipe import finetune_knobs
 from orchestrator.training import FineTuner, to_float
 
 TEACHERS = ("larger", "self")
@@ -145,19 +146,19 @@ def distill_transform(t_dim: int, s_dim: int) -> nn.Sequential:
 class OAMLTrainer(FineTuner):
     def __init__(self, params, device="cpu", seed=0):
         super().__init__(params, device, seed)
-        g = params.get
-        self.teacher_kind = g("teacher", "larger")
+        p = params
+        self.teacher_kind = p["teacher"]
         if self.teacher_kind not in TEACHERS:
             raise ValueError(f"oaml: teacher must be one of {TEACHERS}, got {self.teacher_kind!r}")
-        self.lambda_kl, self.lambda_fd = float(g("lambda_kl", 4.0)), float(g("lambda_fd", 8.0))
-        self.lambda_mi1, self.lambda_mi2 = float(g("lambda_mi1", 0.1)), float(g("lambda_mi2", 0.2))
-        self.kd_temperature = float(g("kd_temperature", 1.0))
-        self.knn_k, self.boundary_points = int(g("knn_k", 300)), int(g("boundary_points", 50))
-        self.candidates, self.keep = int(g("candidates", 1500)), int(g("keep", 2))
-        self.boundary_sigma = float(g("boundary_sigma", 0.07))
-        self.t_min, self.t_max = int(g("t_min", 200)), int(g("t_max", 600))
-        self.pool_samples = int(g("pool_samples", 2000))
-        self.club_hidden = int(g("club_hidden", 256))
+        self.lambda_kl, self.lambda_fd = float(p["lambda_kl"]), float(p["lambda_fd"])
+        self.lambda_mi1, self.lambda_mi2 = float(p["lambda_mi1"]), float(p["lambda_mi2"])
+        self.kd_temperature = float(p["kd_temperature"])
+        self.knn_k, self.boundary_points = int(p["knn_k"]), int(p["boundary_points"])
+        self.candidates, self.keep = int(p["candidates"]), int(p["keep"])
+        self.boundary_sigma = float(p["boundary_sigma"])
+        self.t_min, self.t_max = int(p["t_min"]), int(p["t_max"])
+        self.pool_samples = int(p["pool_samples"])
+        self.club_hidden = int(p["club_hidden"])
         if not 1 <= self.t_min <= self.t_max <= 1000:
             raise ValueError(f"oaml: need 1 <= t_min <= t_max <= 1000, got {self.t_min}..{self.t_max}")
         if self.kd_temperature <= 0 or self.boundary_sigma < 0:
@@ -266,15 +267,29 @@ class OAML(Method):
                   "student features (o_knn) and DDPM-forward-noised ID features (o_deep); teacher = CE resnet18 "
                   "or frozen initial student")
     finetunes = True
-    training_knobs = frozenset({"teacher", "lambda_kl", "lambda_fd", "lambda_mi1", "lambda_mi2", "kd_temperature",
-                                "knn_k", "boundary_points", "candidates", "keep", "boundary_sigma", "t_min", "t_max",
-                                "pool_samples", "club_hidden", "finetune_epochs", "finetune_lr"})
+    knobs = (
+        Choice("teacher", "larger", TEACHERS, network=True,
+               help="larger: the cached CE resnet18 of the benchmark; self: a frozen copy of the initial student"),
+        Float("lambda_kl", 4.0, ge=0, network=True, help="weight of the logit distillation KL(p_T ‖ p_S)"),
+        Float("lambda_fd", 8.0, ge=0, network=True, help="weight of the feature distillation KL"),
+        Float("lambda_mi1", 0.1, ge=0, network=True, help="weight of CLUB(o_knn, h), k-NN boundary outliers"),
+        Float("lambda_mi2", 0.2, ge=0, network=True, help="weight of CLUB(o_deep, h), diffusion-noised outliers"),
+        Float("kd_temperature", 1.0, gt=0, network=True, help="temperature of the logit distillation"),
+        Int("knn_k", 300, ge=1, network=True, help="k of the k-NN boundary distance (clamped to the class size)"),
+        Int("boundary_points", 50, ge=1, network=True, help="boundary points per class"),
+        Int("candidates", 1500, ge=1, network=True, help="Gaussian candidates drawn around each boundary point"),
+        Int("keep", 2, ge=1, network=True, help="candidates kept per boundary point (the farthest from the class)"),
+        Float("boundary_sigma", 0.07, ge=0, network=True, help="std of the candidates' Gaussian perturbation"),
+        Int("t_min", 200, ge=1, le=1000, network=True, help="smallest diffusion step of o_deep (≤ t_max)"),
+        Int("t_max", 600, ge=1, le=1000, network=True, help="largest diffusion step of o_deep (of 1000)"),
+        Int("pool_samples", 2000, ge=2, network=True, help="training images whose features seed each epoch's outliers"),
+        Int("club_hidden", 256, ge=1, network=True, help="hidden width of the CLUB q-networks"),
+        *finetune_knobs(10, 0.01),
+        ScorerChoice("scorer", "energy", help="post-hoc method scoring the fine-tuned network"),
+    )
 
     def trainer_class(self):
         return OAMLTrainer
 
     def scorer(self, params):
-        name = params.get("scorer", "energy")
-        if name == self.name:
-            raise ValueError("oaml's scorer must be a post-hoc method such as energy or msp")
-        return methods.get(name).scorer(params)
+        return self.delegated_scorer(params)

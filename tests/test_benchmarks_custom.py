@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from orchestrator import data as benchmarks
+from orchestrator.data.base import DataUnavailable
 from orchestrator.data import is_custom
 from orchestrator.data.custom import CustomBenchmarkError, load_custom
 
@@ -64,6 +65,13 @@ def test_npy_and_folder_sources_with_carved_id_splits(arrays):
     assert load_custom(arrays / "bench.yaml").fingerprint() == b.fingerprint()
 
 
+def test_hflip_declares_whether_flips_preserve_labels(arrays):
+    assert load_custom(_write(arrays, _basic())).hflip_invariant is False  # default: flips may change the label
+    b = load_custom(_write(arrays, _basic(hflip=True)))
+    assert b.hflip_invariant is True and b.shrink(20, 5).hflip_invariant is True
+    assert load_custom(_write(arrays, _basic(hflip=False))).hflip_invariant is False
+
+
 def test_folders_classes_channels_size_and_recipe(tmp_path):
     rng = np.random.default_rng(1)
     for split, n in (("train", 6), ("test", 2)):
@@ -115,14 +123,14 @@ def test_missing_data_is_one_message_naming_every_entry(tmp_path):
     cfg = {"id": {"train": {"type": "npy", "x": "nope_x.npy", "y": "nope_y.npy"}},
            "ood_val": {"v": "no_folder"},
            "far": {"tv": {"type": "torchvision", "class": "SVHN", "kwargs": {"split": "test"}}}}
-    with pytest.raises(benchmarks.DataUnavailable) as err:
+    with pytest.raises(DataUnavailable) as err:
         load_custom(_write(tmp_path, cfg), data_root=str(tmp_path / "root"))
     msg = str(err.value)
     assert "\n" not in msg and str(tmp_path / "bench.yaml") in msg and "4 data entries missing" in msg
     for what in ("id.train.x", "id.train.y", "ood_val.v.path", "far.tv: torchvision SVHN",
                  str(tmp_path / "nope_x.npy")):
         assert what in msg, what
-    with pytest.raises(benchmarks.DataUnavailable, match="not found"):
+    with pytest.raises(DataUnavailable, match="not found"):
         load_custom(tmp_path / "absent.yaml")
 
 
@@ -144,13 +152,14 @@ def test_missing_data_is_one_message_naming_every_entry(tmp_path):
     ({"recipe": {"lr": "fast"}}, "recipe.lr: expected float"),
     ({"recipe": {"optimizer": "adam"}}, "recipe.optimizer: unknown key"),
     ({"recipe": {"backbone": "vit"}}, "recipe.backbone: must be one of"),
+    ({"hflip": "yes"}, "hflip: expected true or false"),
 ])
 def test_malformed_yaml_names_file_and_entry(arrays, change, entry):
     path = _write(arrays, _basic(**change))
     with pytest.raises(CustomBenchmarkError) as err:
         load_custom(path)
     msg = str(err.value)
-    assert isinstance(err.value, ValueError) and isinstance(err.value, benchmarks.DataUnavailable)
+    assert isinstance(err.value, ValueError) and isinstance(err.value, DataUnavailable)
     assert msg.startswith(f"{path}: ") and entry in msg and "\n" not in msg, msg
 
 

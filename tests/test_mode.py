@@ -197,19 +197,63 @@ def test_end_to_end_trial_on_digits(tmp_path):
 
 
 def test_trainer_extra_state_round_trip():
+    import methods
     from orchestrator import data as benchmarks
     from orchestrator.models.backbones import build_classifier
 
+    m = methods.get("mode")
     bench = benchmarks.load("digits", smoke=True)
     model = build_classifier("small_cnn", 1, 8, bench.num_classes, [0.3], [0.4])
-    a = MODETrainer({"finetune_epochs": 1}, seed=0)
+    a = MODETrainer(m.resolve({"finetune_epochs": 1}), seed=0)
     a.setup(model, bench)
     assert not a.hflip  # digits: flipping is not label-preserving
     assert any(p is q for q in a.proj.parameters() for p in a.optimizer.param_groups[0]["params"])
-    b = MODETrainer({"finetune_epochs": 1}, seed=5)
+    b = MODETrainer(m.resolve({"finetune_epochs": 1}), seed=5)
     b.setup(model, bench)
     b.load_state_dict(a.state_dict())
     for p, q in zip(a.proj.parameters(), b.proj.parameters()):
         assert torch.equal(p, q)
     with pytest.raises(ValueError):
-        MODETrainer({"variant": "mode_x"})
+        m.resolve({"variant": "mode_x"})
+    with pytest.raises(ValueError):
+        MODETrainer({**m.resolve({}), "variant": "mode_x"})
+
+
+def test_hflip_auto_follows_the_benchmarks_declaration():
+    import dataclasses
+
+    import methods
+    from orchestrator import data as benchmarks
+    from orchestrator.models.backbones import build_classifier
+
+    m = methods.get("mode")
+    digits = benchmarks.load("digits", smoke=True)
+    assert digits.hflip_invariant is False
+    flippable = dataclasses.replace(digits, name="digits", hflip_invariant=True)  # same name: only the flag counts
+    model = build_classifier("small_cnn", 1, 8, digits.num_classes, [0.3], [0.4])
+
+    def hflip(config, bench):
+        trainer = MODETrainer(m.resolve(config))
+        trainer.setup(model, bench)
+        return trainer.hflip
+
+    assert hflip({}, digits) is False and hflip({}, flippable) is True  # hflip: auto (the default)
+    assert hflip({"hflip": True}, digits) is True and hflip({"hflip": False}, flippable) is False
+    with pytest.raises(ValueError):
+        m.resolve({"hflip": "sometimes"})
+
+
+def test_declared_knobs_network_split_and_csd_scoring():
+    import methods
+    from methods.csd import CSDScorer
+
+    m = methods.get("mode")
+    network = m.network_knobs()
+    assert {"variant", "inverse_temperature", "inner_dim", "lam", "supcon_temperature", "hflip",
+            "finetune_batch_size", "finetune_epochs", "finetune_lr", "epochs", "lr"} <= network
+    assert not {"k", "grid", "centre", "aggregator", "scorer", "alpa_chunk_mb"} & network
+    assert {"k", "grid", "centre", "aggregator", "scorer"} <= set(m.own_knobs())
+    assert isinstance(m.scorer(m.resolve({})), CSDScorer)
+    assert type(m.scorer(m.resolve({"scorer": "energy"}))).__name__ == "EnergyScorer"
+    with pytest.raises(ValueError):
+        m.resolve({"scorer": "mode"})

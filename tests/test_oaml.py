@@ -103,12 +103,19 @@ def test_forward_diffusion_levels():
 
 
 def test_distill_transform_shape_and_trainer_validation():
+    import methods
+
+    m = methods.get("oaml")
     dt = distill_transform(512, 128)
     assert dt(torch.randn(4, 512)).shape == (4, 128)
     with pytest.raises(ValueError):
-        OAMLTrainer({"teacher": "bigger"})
+        m.resolve({"teacher": "bigger"})
     with pytest.raises(ValueError):
-        OAMLTrainer({"t_min": 700, "t_max": 600})
+        OAMLTrainer({**m.resolve({}), "teacher": "bigger"})
+    with pytest.raises(ValueError):
+        m.resolve({"t_max": 1001})
+    with pytest.raises(ValueError):
+        OAMLTrainer(m.resolve({"t_min": 700, "t_max": 600}))
 
 
 def test_method_is_labelled_as_a_substitute_and_scores_energy():
@@ -117,8 +124,13 @@ def test_method_is_labelled_as_a_substitute_and_scores_energy():
 
     m = methods.get("oaml")
     assert m.finetunes and m.substitute and "Stable Diffusion" in m.substitute
-    assert isinstance(m.scorer({}), EnergyScorer)
-    assert {"teacher", "lambda_kl", "finetune_epochs"} <= m.training_knobs
+    assert isinstance(m.scorer(m.resolve({})), EnergyScorer)
+    assert type(m.scorer(m.resolve({"scorer": "msp"}))).__name__ == "MSPScorer"
+    network = m.network_knobs()
+    assert {"teacher", "lambda_kl", "lambda_mi2", "t_min", "t_max", "club_hidden", "finetune_epochs",
+            "finetune_lr"} <= network
+    assert "scorer" not in network and "temperature" not in network  # energy's T is post-hoc
+    assert m.declared()["temperature"].default == 1.0
 
 
 def test_end_to_end_trial_self_teacher(tmp_path):
@@ -133,14 +145,16 @@ def test_end_to_end_trial_self_teacher(tmp_path):
 
 
 def test_trainer_extras_are_trained_and_checkpointed():
+    import methods
     from orchestrator import data as benchmarks
     from orchestrator.models.backbones import build_classifier
 
     bench = benchmarks.load("digits", smoke=True)
     torch.manual_seed(0)
     model = build_classifier("small_cnn", 1, 8, bench.num_classes, [0.3], [0.4])
-    trainer = OAMLTrainer({"teacher": "self", "finetune_epochs": 1, "candidates": 20, "pool_samples": 100,
-                           "batch_size": 32})
+    m = methods.get("oaml")
+    trainer = OAMLTrainer(m.resolve({"teacher": "self", "finetune_epochs": 1, "candidates": 20, "pool_samples": 100,
+                                     "batch_size": 32}))
     trainer.setup(model, bench)
     assert all(not p.requires_grad for p in trainer.teacher.parameters())
     in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
@@ -150,7 +164,7 @@ def test_trainer_extras_are_trained_and_checkpointed():
     assert np.isfinite(stats["train/loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.club_knn.parameters()))
     assert trainer._knn_pool is not None and len(trainer._knn_pool) > 0
-    other = OAMLTrainer({"teacher": "self", "finetune_epochs": 1}, seed=3)
+    other = OAMLTrainer(m.resolve({"teacher": "self", "finetune_epochs": 1}), seed=3)
     other.setup(model, bench)
     other.load_state_dict(trainer.state_dict())
     for a, b in zip(trainer.dt.state_dict().values(), other.dt.state_dict().values()):

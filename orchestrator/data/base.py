@@ -52,6 +52,9 @@ class Benchmark:
     smoke: bool = False
     #: Auxiliary outlier sets for training (Outlier Exposure); never the same data as any OOD test set.
     aux: dict[str, Split] = field(default_factory=dict)
+    #: Horizontal flips preserve labels (natural images, clothing: True; digits, text: False). Augmentations
+    #: that flip read it (MODE's ``hflip: auto``).
+    hflip_invariant: bool = False
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -86,7 +89,8 @@ class Benchmark:
         small = lambda d: {k: v.take(n_eval, rng) for k, v in d.items()}  # noqa: E731
         return Benchmark(self.name, self.num_classes, self.id_train.take(n_train, rng), self.id_val.take(n_eval, rng),
                          self.id_test.take(n_eval, rng), small(self.ood_val), small(self.near), small(self.far),
-                         dict(self.recipe), smoke=True, aux={k: v.take(n_train, rng) for k, v in self.aux.items()})
+                         dict(self.recipe), smoke=True, aux={k: v.take(n_train, rng) for k, v in self.aux.items()},
+                         hflip_invariant=self.hflip_invariant)
 
 
 # --------------------------------------------------------------------------------------------- helpers

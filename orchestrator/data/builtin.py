@@ -71,7 +71,7 @@ def _digits(data_root: str | None = None) -> Benchmark:
     near_val, near_test = xo[np.sort(o[:n_val])], xo[np.sort(o[n_val:])]
     n_far = 400
     return Benchmark(
-        name="digits", num_classes=len(id_classes),
+        name="digits", num_classes=len(id_classes), hflip_invariant=False,
         id_train=Split(xi[tr], yi[tr]), id_val=Split(xi[va], yi[va]), id_test=Split(xi[te], yi[te]),
         ood_val={"even-digits": Split(near_val),
                  "val-patches": Split(np.concatenate([_patches(_VAL_SOURCES, n_far // 2, 8, 4, rng),
@@ -137,7 +137,7 @@ def _fashion(data_root: str | None = None) -> Benchmark:
     digits = F.interpolate(torch.from_numpy(digits), size=(28, 28), mode="bilinear", align_corners=False).numpy()
     n_far = 2000
     return Benchmark(
-        name="fashion-mnist", num_classes=6,
+        name="fashion-mnist", num_classes=6, hflip_invariant=True,
         id_train=Split(xi[fit], yi[fit]), id_val=Split(xi[val], yi[val]), id_test=Split(x_te[id_te], y_te[id_te]),
         ood_val={"fashion-6-9": Split(near_val),
                  "val-patches": Split(np.concatenate([_patches(_VAL_SOURCES, n_far // 2, 28, 2, rng),

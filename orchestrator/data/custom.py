@@ -8,6 +8,7 @@ Format (see ``docs/custom_benchmark.md`` for a worked example)::
     resize: crop                 # optional: crop (shorter side to size, centre crop; default) or stretch
     seed: 0                      # optional: seed of the ID split and of `limit` subsets (default 0)
     num_classes: 10              # optional; default: the number of class folders, else the largest label + 1
+    hflip: false                 # optional: horizontal flips preserve labels (natural images: true); default false
     id:
       train: SOURCE              # required ("source" is an alias)
       val: SOURCE                # optional: carved from train (stratified) when absent
@@ -67,7 +68,8 @@ import numpy as np
 from orchestrator.data.base import DATA_SEED, Benchmark, DataUnavailable, Split, stratified_split
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-TOP_KEYS = {"name", "image_size", "channels", "resize", "seed", "num_classes", "id", "ood_val", "near", "far", "recipe"}
+TOP_KEYS = {"name", "image_size", "channels", "resize", "seed", "num_classes", "hflip", "id", "ood_val", "near", "far",
+            "recipe"}
 ID_KEYS = {"train", "source", "val", "test", "split", "classes"}
 SOURCE_KEYS = {"torchvision": {"type", "class", "kwargs", "range", "limit"},
                "folder": {"type", "path", "range", "limit"},
@@ -447,6 +449,9 @@ def load_custom(path: str | os.PathLike, data_root: str | None = None) -> Benchm
     num_classes = cfg.get("num_classes")
     if num_classes is not None and not (isinstance(num_classes, int) and num_classes >= 1):
         raise ld.err("num_classes", f"expected a positive integer, got {num_classes!r}")
+    hflip = cfg.get("hflip", False)
+    if not isinstance(hflip, bool):
+        raise ld.err("hflip", f"expected true or false, got {hflip!r}")
 
     # ---- id
     id_cfg = cfg.get("id")
@@ -569,4 +574,4 @@ def load_custom(path: str | os.PathLike, data_root: str | None = None) -> Benchm
     return Benchmark(name=name.strip(), num_classes=n_cls,
                      id_train=Split(x["train"], y["train"]), id_val=Split(x["val"], y["val"]),
                      id_test=Split(x["test"], y["test"]), ood_val=ood["ood_val"], near=ood["near"], far=ood["far"],
-                     recipe=recipe)
+                     recipe=recipe, hflip_invariant=hflip)

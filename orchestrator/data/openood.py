@@ -356,7 +356,8 @@ def load_openood(id_name: str, data_root: str | None = None, download: bool | No
     return Benchmark(
         name=id_name, num_classes=10 if id_name == "cifar10" else 100,
         id_train=Split(x_tr[fit], y_tr[fit]), id_val=Split(x_tr[val], y_tr[val]), id_test=Split(x_te, y_te),
-        ood_val=groups["ood_val"], near=groups["near"], far=groups["far"], recipe=dict(RECIPE))
+        ood_val=groups["ood_val"], near=groups["near"], far=groups["far"], recipe=dict(RECIPE),
+        hflip_invariant=True)
 
 
 # Descriptions are literal strings: `list` reads them from this file's source without importing it.
