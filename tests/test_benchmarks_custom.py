@@ -149,9 +149,9 @@ def test_missing_data_is_one_message_naming_every_entry(tmp_path):
     ({"far": {"bad": {"type": "npy", "x": "far_x.npy", "lmit": 3}}}, "far.bad: unknown key(s) lmit"),
     ({"far": {"bad": {"type": "torchvision", "class": "NoSuchSet"}}}, "far.bad.class: torchvision.datasets has no"),
     ({"far": {"bad": {"type": "npy", "x": "far_x.npy", "range": [1]}}}, "far.bad.range"),
-    ({"recipe": {"lr": "fast"}}, "recipe.lr: expected float"),
+    ({"recipe": {"lr": "fast"}}, "recipe.lr: value = 'fast' is not float > 0"),
     ({"recipe": {"optimizer": "adam"}}, "recipe.optimizer: unknown key"),
-    ({"recipe": {"backbone": "vit"}}, "recipe.backbone: must be one of"),
+    ({"recipe": {"backbone": "vit"}}, "recipe.backbone: value = 'vit' is not one of ['resnet18', 'small_cnn']"),
     ({"hflip": "yes"}, "hflip: expected true or false"),
 ])
 def test_malformed_yaml_names_file_and_entry(arrays, change, entry):

@@ -114,7 +114,7 @@ def test_cifar10_groups_shapes_and_disjoint_validation(data_root):
     assert not val & set().union(*(_rows(s) for g in (b.near, b.far) for s in g.values()))
     assert not _rows(b.id_train) & _rows(b.id_val)
     assert b.recipe == {"backbone": "resnet18", "epochs": 100, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
-                        "weight_decay": 5e-4, "nesterov": True}
+                        "weight_decay": 5e-4, "nesterov": True, "augment": "crop_flip"}
     assert oo.load_openood("cifar10", str(data_root), download=False).fingerprint() == b.fingerprint()
 
 

@@ -67,3 +67,12 @@ def test_a_method_without_knobs_runs_one_trial_and_says_so(workdir):
     prep = prepare(SweepOptions(method="msp", smoke_test=True, num_samples=8))
     assert prep.num_samples == 1
     assert "msp searches no knob: running 1 trial" in prep.notes[0]
+
+
+def test_flip_augmentation_is_refused_where_flips_change_labels(workdir, tmp_path):
+    from orchestrator.errors import UsageError
+    from orchestrator.sweep.prepare import SweepOptions, prepare
+
+    (tmp_path / "flip.yaml").write_text("space: {}\nfixed: {augment: flip}\n")
+    with pytest.raises(UsageError, match="horizontal flips change digits's labels"):
+        prepare(SweepOptions(method="energy", smoke_test=True, search_space=str(tmp_path / "flip.yaml")))

@@ -75,7 +75,10 @@ class Benchmark:
         return out
 
     def fingerprint(self) -> str:
+        """What the data a network learns from is: every split's images and labels, and the declared properties
+        that change training (whether flips preserve labels)."""
         h = hashlib.sha256(self.name.encode())
+        h.update(f"hflip_invariant={self.hflip_invariant}".encode())
         for key, split in sorted(self.splits().items()):
             h.update(key.encode())
             h.update(np.ascontiguousarray(split.x).data)

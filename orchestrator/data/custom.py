@@ -66,6 +66,9 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.data.base import DATA_SEED, Benchmark, DataUnavailable, Split, stratified_split
+from orchestrator.knobs import KnobError, check_value
+from orchestrator.recipe import RECIPE
+from orchestrator.registry import closest
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 TOP_KEYS = {"name", "image_size", "channels", "resize", "seed", "num_classes", "hflip", "id", "ood_val", "near", "far",
@@ -74,8 +77,6 @@ ID_KEYS = {"train", "source", "val", "test", "split", "classes"}
 SOURCE_KEYS = {"torchvision": {"type", "class", "kwargs", "range", "limit"},
                "folder": {"type", "path", "range", "limit"},
                "npy": {"type", "x", "y", "layout", "range", "limit"}}
-RECIPE_KEYS = {"backbone": str, "epochs": int, "batch_size": int, "lr": float, "momentum": float,
-               "weight_decay": float, "nesterov": bool}
 DEFAULT_RECIPES = {
     "resnet18": {"backbone": "resnet18", "epochs": 100, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
                  "weight_decay": 5e-4, "nesterov": True},
@@ -500,15 +501,14 @@ def load_custom(path: str | os.PathLike, data_root: str | None = None) -> Benchm
     recipe_cfg = cfg.get("recipe") or {}
     if not isinstance(recipe_cfg, dict):
         raise ld.err("recipe", f"expected a mapping, got {recipe_cfg!r}")
-    for k, v in recipe_cfg.items():
-        if k not in RECIPE_KEYS:
-            raise ld.err(f"recipe.{k}", f"unknown key; allowed: {', '.join(RECIPE_KEYS)}")
-        want = RECIPE_KEYS[k]
-        ok = (isinstance(v, bool) if want is bool else isinstance(v, str) if want is str else
-              isinstance(v, int) and not isinstance(v, bool) and v > 0 if want is int else
-              isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0)
-        if not ok:
-            raise ld.err(f"recipe.{k}", f"expected {'a positive integer' if want is int else want.__name__}, got {v!r}")
+    declared = {k.name: k for k in RECIPE}  # the recipe's knobs, as every method declares them
+    for k, v in list(recipe_cfg.items()):
+        if k not in declared:
+            raise ld.err(f"recipe.{k}", f"unknown key{closest(str(k), list(declared))}; allowed: {', '.join(declared)}")
+        try:
+            recipe_cfg[k] = check_value(declared[k], v, "value")
+        except KnobError as exc:
+            raise ld.err(f"recipe.{k}", str(exc)) from None
     if "backbone" in recipe_cfg and recipe_cfg["backbone"] not in DEFAULT_RECIPES:
         raise ld.err("recipe.backbone", f"must be one of {', '.join(DEFAULT_RECIPES)}, got {recipe_cfg['backbone']!r}")
 
@@ -570,7 +570,6 @@ def load_custom(path: str | os.PathLike, data_root: str | None = None) -> Benchm
     default = DEFAULT_RECIPES["resnet18" if channels == 3 and min(size) >= 32 else "small_cnn"]
     backbone = recipe_cfg.get("backbone", default["backbone"])
     recipe = {**DEFAULT_RECIPES[backbone], **recipe_cfg}
-    recipe = {k: (float(v) if RECIPE_KEYS[k] is float else v) for k, v in recipe.items()}
     return Benchmark(name=name.strip(), num_classes=n_cls,
                      id_train=Split(x["train"], y["train"]), id_val=Split(x["val"], y["val"]),
                      id_test=Split(x["test"], y["test"]), ood_val=ood["ood_val"], near=ood["near"], far=ood["far"],

@@ -51,8 +51,9 @@ from orchestrator.data.base import DATA_SEED, Benchmark, DataUnavailable, Split,
 IMAGE_SIZE = 32
 ID_VAL_SIZE = 1000
 #: OpenOOD v1.5's CIFAR baseline (configs/pipelines/train/baseline.yml + configs/networks/resnet18_32x32.yml).
+#: OpenOOD v1.5's CIFAR baseline recipe, its augmentation included (RandomCrop(32, padding=4) + horizontal flip).
 RECIPE = {"backbone": "resnet18", "epochs": 100, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
-          "weight_decay": 5e-4, "nesterov": True}
+          "weight_decay": 5e-4, "nesterov": True, "augment": "crop_flip"}
 OPENOOD_HINT = ("OpenOOD v1.5's benchmark_imglist/ and images_classic/ come from OpenOOD's "
                 "scripts/download/download.py --contents datasets --datasets ood_v1.5 --dataset_mode benchmark "
                 "--save_dir <data root>")

@@ -156,9 +156,13 @@ def prepare(opts: SweepOptions) -> Prepared:
             raise UsageError(f"{space.path} searches 'epochs'; drop --epochs or fix it in the YAML")
         fixed["epochs"] = epochs
     try:  # the smoke block's fixed values, --epochs and the benchmark's recipe, against the declaration too
-        method.resolve(fixed, bench.recipe)
+        params = method.resolve(fixed, bench.recipe)
     except KnobError as exc:
         raise UsageError(f"{exc} (from {space.path}'s fixed/smoke values, --epochs or the benchmark's recipe)") from None
+    flips = {params["augment"]} | set(next((k.choices for k in space.knobs if k.name == "augment"), None) or ())
+    if flips & {"flip", "crop_flip"} and not bench.hflip_invariant:
+        raise UsageError(f"augment flips images, but horizontal flips change {bench.name}'s labels (the benchmark "
+                         f"declares hflip_invariant false); use augment: none")
     label = Path(opts.benchmark).stem if data.is_custom(opts.benchmark) else opts.benchmark
     name = opts.name or f"{method.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
