@@ -32,6 +32,9 @@ def extract(model, split: Split, device, with_fmap: bool = False, batch_size: in
         logits.append(z.float().cpu().numpy())
         feats.append(h.float().cpu().numpy())
         if with_fmap:
+            if fmap is None:
+                raise ValueError("this scorer reads the last feature map, but the model gives none: adapt it with "
+                                 "feature_map=<layer name> (orchestrator.models.protocol.adapt)")
             fmaps.append(fmap.float().contiguous().cpu().numpy())
     return Outputs(np.concatenate(logits), np.concatenate(feats), split.y,
                    np.concatenate(fmaps) if with_fmap else None)

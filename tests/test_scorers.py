@@ -24,6 +24,7 @@ from methods.odin import OdinScorer
 from methods.vim import VimScorer
 from orchestrator import search_space
 from orchestrator.models.backbones import LinearHead, build_classifier
+from orchestrator.models.protocol import adapt
 
 MINE = ("maxlogit", "entropy", "klmatching", "odin", "iodin", "mahalanobis", "vim", "knn")
 
@@ -179,38 +180,6 @@ def test_vim_with_full_dimension_is_energy(dim):
 
 
 # ------------------------------------------------------------------------------------------- gradient scorers
-class ToyNet(nn.Module):
-    """The Classifier interface on a linear toy: raw x (B,C,H,W) → normalise → h = A·vec(xn) → head.fc."""
-
-    def __init__(self, A, W, b, mean, std):
-        super().__init__()
-        C = len(std)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float64).view(1, C, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float64).view(1, C, 1, 1))
-        self.proj = nn.Linear(A.shape[1], A.shape[0], bias=False).double()
-        self.head = LinearHead(A.shape[0], W.shape[0]).double()
-        with torch.no_grad():
-            self.proj.weight.copy_(torch.as_tensor(A))
-            self.head.fc.weight.copy_(torch.as_tensor(W))
-            self.head.fc.bias.copy_(torch.as_tensor(b))
-
-    def normalize(self, x):
-        return (x - self.mean) / self.std
-
-    def embed_normalized(self, xn):
-        return self.proj(xn.flatten(1)), xn
-
-    def logits_from_normalized(self, xn):
-        return self.head(self.embed_normalized(xn)[0])
-
-    def forward_all(self, x):
-        h, fmap = self.embed_normalized(self.normalize(x))
-        return self.head(h), h, fmap
-
-    def forward(self, x):
-        return self.logits_from_normalized(self.normalize(x))
-
-
 SHAPE = (2, 2, 2)  # C, H, W: 8 input elements
 MEAN, STD = [0.5, 0.2], [0.5, 2.0]
 
@@ -219,10 +188,20 @@ def _std_vec():
     return np.repeat(STD, 4)
 
 
+def _linear_toy(A, W, b):
+    """A linear toy seen through the classifier protocol: raw x → normalise → h = A·vec(xn) → head.fc."""
+    proj, fc = nn.Linear(A.shape[1], A.shape[0], bias=False), nn.Linear(W.shape[1], W.shape[0])
+    with torch.no_grad():
+        proj.weight.copy_(torch.as_tensor(A))
+        fc.weight.copy_(torch.as_tensor(W))
+        fc.bias.copy_(torch.as_tensor(b))
+    return adapt(nn.Sequential(nn.Flatten(), proj, fc), head="2", mean=MEAN, std=STD).double().eval()
+
+
 def _toy_net(seed=0, dim=8, classes=3):
     rng = np.random.default_rng(seed)
     A, W, b = rng.normal(size=(dim, 8)), rng.normal(size=(classes, dim)), rng.normal(size=classes)
-    return ToyNet(A, W, b, MEAN, STD).eval(), A, W, b
+    return _linear_toy(A, W, b), A, W, b
 
 
 def _numpy_ce_grad(x, A, W, b, T):
@@ -368,7 +347,7 @@ def test_outputs_scorers_rank_id_above_ood(name):
                                     MahalanobisScorer(epsilon=0.01)], ids=["odin", "odin_T10", "iodin", "maha_eps"])
 def test_gradient_scorers_rank_id_above_ood(scorer):
     W, b, (h_train, y_train), h_id, h_ood = _blob_problem()
-    model = ToyNet(np.eye(8), W, b, MEAN, STD).eval()  # h = normalised input, so x = m + s·h
+    model = _linear_toy(np.eye(8), W, b)  # h = normalised input, so x = m + s·h
     to_x = lambda h: torch.as_tensor(h.reshape(-1, *SHAPE) * np.array(STD)[:, None, None] +  # noqa: E731
                                      np.array(MEAN)[:, None, None])
     if scorer.needs_fit:

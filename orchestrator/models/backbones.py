@@ -91,7 +91,8 @@ class LinearHead(nn.Module):
 
 
 class Classifier(nn.Module):
-    """normalise → encoder → global average pool (h) → head (logits)."""
+    """normalise → encoder → global average pool (h) → head (logits): the built-in implementation of
+    :class:`orchestrator.models.protocol.OODClassifier`."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, mean, std, head: nn.Module):
         super().__init__()
