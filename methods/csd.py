@@ -125,7 +125,7 @@ class CSDScorer(FeatureMapScorer):
         """(N, M, C) L2-normalised scale vectors."""
         return l2_normalise(scale_vectors(fmap, self.grid, self.centre))
 
-    def fit_maps(self, fmap) -> "CSDScorer":
+    def fit_maps(self, fmap) -> CSDScorer:
         v = self.vectors(fmap)
         if v.shape[0] == 0:
             raise ValueError("csd needs at least one fit feature map")
@@ -133,7 +133,7 @@ class CSDScorer(FeatureMapScorer):
         self._index = None
         return self
 
-    def fit(self, train: Outputs, model=None, **extra) -> "CSDScorer":
+    def fit(self, train: Outputs, model=None, **extra) -> CSDScorer:
         if train is None or train.fmap is None:
             raise ValueError("csd needs the training feature maps (Outputs.fmap) to build its bank")
         return self.fit_maps(train.fmap)

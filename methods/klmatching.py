@@ -27,7 +27,7 @@ class KLMatchingScorer(LogitScorer):
         self.templates_: np.ndarray | None = None
         self.empty_classes_: list[int] = []
 
-    def fit(self, train: Outputs, model=None) -> "KLMatchingScorer":
+    def fit(self, train: Outputs, model=None) -> KLMatchingScorer:
         if train is None or len(train) == 0:
             raise ValueError("klmatching needs fit outputs (logits of the training split) to build its templates")
         p = np.exp(log_softmax(np.asarray(train.logits, dtype=np.float64), axis=1))

@@ -87,7 +87,7 @@ class KnnScorer(FeatureScorer):
         state["_index"] = state["_gpu_resources"] = None
         return state
 
-    def fit(self, train: Outputs, model=None) -> "KnnScorer":
+    def fit(self, train: Outputs, model=None) -> KnnScorer:
         if train is None or len(train) == 0:
             raise ValueError("knn needs fit outputs (training features) for its bank")
         self.bank_ = l2_normalise(train.features)

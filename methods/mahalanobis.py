@@ -17,8 +17,8 @@ import torch
 
 from methods import register
 from methods.base import FeatureScorer, InputGradientScorer, Method, Outputs
-from orchestrator.knobs import Float
 from methods.odin import real_knob, step_sign
+from orchestrator.knobs import Float
 
 DEFAULT_EPSILON = 0.0
 DEFAULT_RIDGE = 1e-6
@@ -37,7 +37,7 @@ class MahalanobisScorer(InputGradientScorer, FeatureScorer):
         self.means_: np.ndarray | None = None
         self.precision_: np.ndarray | None = None
 
-    def fit(self, train: Outputs, model=None) -> "MahalanobisScorer":
+    def fit(self, train: Outputs, model=None) -> MahalanobisScorer:
         if train is None or len(train) == 0:
             raise ValueError("mahalanobis needs fit outputs (training features and labels)")
         if train.labels is None:

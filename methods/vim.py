@@ -56,7 +56,7 @@ class VimScorer(FeatureScorer):
         bias = fc.bias.detach().double().cpu().numpy() if fc.bias is not None else np.zeros(weight.shape[0])
         return weight, bias
 
-    def fit(self, train: Outputs, model=None) -> "VimScorer":
+    def fit(self, train: Outputs, model=None) -> VimScorer:
         if train is None or len(train) == 0:
             raise ValueError("vim needs fit outputs (training features and logits)")
         weight, bias = self._linear_layer(model)

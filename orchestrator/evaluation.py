@@ -6,7 +6,7 @@ reads them instead of re-running the network. Gradient scorers (ODIN...) get the
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

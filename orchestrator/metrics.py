@@ -55,7 +55,7 @@ def ood_metrics(s_id, s_ood, convention: str = "classic") -> dict[str, float]:
             "aupr_out": float(skm.auc(r_out, p_out)), "fpr95": fpr_at_95(s_id, s_ood, convention)}
 
 
-def ood_matrix(s_id, near: dict, far: dict, id_acc: float | None = None, convention: str = "classic") -> "OODMatrix":
+def ood_matrix(s_id, near: dict, far: dict, id_acc: float | None = None, convention: str = "classic") -> OODMatrix:
     """The OOD metric matrix: one row per OOD dataset plus the near/far means (unweighted)."""
     rows, groups = {}, {}
     for group, sets in (("near", near), ("far", far)):
@@ -97,7 +97,7 @@ class OODMatrix:
         return {"fpr95_convention": self.convention, "id_acc": self.id_acc, "rows": self.to_records()}
 
     @classmethod
-    def from_json(cls, data: dict) -> "OODMatrix":
+    def from_json(cls, data: dict) -> OODMatrix:
         rows = {r["ood_dataset"]: {c: r[c] for c in COLUMNS} for r in data["rows"] if not r["ood_dataset"].endswith("(mean)")}
         groups = {r["ood_dataset"]: r["group"] for r in data["rows"] if not r["ood_dataset"].endswith("(mean)")}
         return cls(rows, groups, data.get("id_acc"), data.get("fpr95_convention", "classic"))
@@ -117,7 +117,7 @@ class OODMatrix:
         recs = self.to_records()
         width = max(12, *(len(r["ood_dataset"]) for r in recs))
         widths = [max(8, len(t)) for t in titles]
-        line = lambda cells: "  ".join([cells[0].ljust(width)] + [c.rjust(w) for c, w in zip(cells[1:], widths)])  # noqa: E731
+        line = lambda cells: "  ".join([cells[0].ljust(width)] + [c.rjust(w) for c, w in zip(cells[1:], widths, strict=False)])  # noqa: E731
         out = [line(["OOD dataset", *titles])]
         means = [r for r in recs if r["ood_dataset"].endswith("(mean)")]
         for r in recs:

@@ -14,9 +14,10 @@ import ast
 import difflib
 import importlib
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class UnknownEntry(KeyError):
@@ -225,7 +226,7 @@ class _Evaluator:
                     items.append(self.eval(elt))
             return tuple(items) if isinstance(node, ast.Tuple) else items if isinstance(node, ast.List) else set(items)
         if isinstance(node, ast.Dict):
-            return {self.eval(k): self.eval(v) for k, v in zip(node.keys, node.values)}
+            return {self.eval(k): self.eval(v) for k, v in zip(node.keys, node.values, strict=False)}
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return -self.eval(node.operand)
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):

@@ -104,7 +104,7 @@ class SearchSpace:
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
-    def define_by_run(self) -> "DefineByRun":
+    def define_by_run(self) -> DefineByRun:
         return DefineByRun(self.knobs, self.fixed)
 
     def as_dict(self) -> dict[str, Any]:
@@ -212,7 +212,7 @@ def parse_objectives(metric: Any, mode: Any, path: str = "<search space>") -> li
             _fail(path, f"mode must be max or min, got {m!r}")
     if len(set(metrics)) != len(metrics):
         _fail(path, f"metric lists {metrics} twice")
-    return list(zip(metrics, modes))
+    return list(zip(metrics, modes, strict=False))
 
 
 def bundled(method: str):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+
 def to_float(x_uint8: np.ndarray | torch.Tensor, device) -> torch.Tensor:
     """uint8 images → float tensor in [0, 1] on ``device``, channels-last (the models' layout: on a 2-core CPU
     it makes the small CNN's forward ~3x and its training step ~1.4x faster; see scripts/system_speed.py)."""
@@ -91,7 +92,7 @@ class Trainer:
     def prepare(self, model) -> None:
         """Hook run once before the optimiser is built (estimate a loss floor, build a projector...)."""
 
-    def setup(self, model, bench, models: "ModelProvider | None" = None) -> None:
+    def setup(self, model, bench, models: ModelProvider | None = None) -> None:
         self.bench, self.models = bench, models
         self.prepare(model)
         p = self.params

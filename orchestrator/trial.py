@@ -14,9 +14,9 @@ import functools
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,7 +146,7 @@ def train_network(method: Method, model, params, bench: Benchmark, settings: Tri
         store = OutputStore(model, bench, device)
         scorer = fit_scorer(method.scorer(params), store, EPOCH_FIT_SAMPLES)
         metrics = {**stats, **validate(scorer, store, settings.convention), "epoch": epoch, "epochs": trainer.epochs}
-        report(metrics, lambda folder: _save_checkpoint(folder, model, trainer, epoch))
+        report(metrics, functools.partial(_save_checkpoint, model=model, trainer=trainer, epoch=epoch))
 
 
 def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def comparison(results: dict[str, list[dict]], metrics, baseline_of: dict[str, s
         cells = [mean_std([r[k] for r in rs]) for k, _ in metrics]
         delta = ""
         if name in baseline_of:
-            d = [100 * (r["near/auroc"] - b["near/auroc"]) for r, b in zip(rs, results[baseline_of[name]])]
+            d = [100 * (r["near/auroc"] - b["near/auroc"]) for r, b in zip(rs, results[baseline_of[name]], strict=False)]
             delta = f"{np.mean(d):+.2f} ({', '.join(f'{x:+.2f}' for x in d)}) vs {baseline_of[name]}"
         tail = f" {np.mean(seconds[name]):.0f} |" if seconds is not None else ""
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |" + tail)

@@ -19,10 +19,9 @@ from pathlib import Path
 import ray
 
 from orchestrator import data as benchmarks
-from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
-from orchestrator.sweep.runner import print_summary
-from orchestrator.sweep.runner import run as run_sweep
 from orchestrator.cache import ModelCache
+from orchestrator.sweep.prepare import SweepOptions, prepare
+from orchestrator.sweep.runner import run as run_sweep
 from orchestrator.trial import TrialSettings, run_trial
 
 

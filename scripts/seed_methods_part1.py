@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import methods  # noqa: E402
-from scripts import _tables  # noqa: E402
 from orchestrator import data as benchmarks  # noqa: E402
 from orchestrator.trial import TrialSettings, run_trial  # noqa: E402
+from scripts import _tables  # noqa: E402
 
 POSTHOC = ("msp", "energy", "maxlogit", "entropy", "knn", "vim", "mahalanobis")
 METRICS = (("near/auroc", "near AUROC"), ("far/auroc", "far AUROC"), ("near/fpr95", "near FPR95↓"),

@@ -16,13 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts import _tables  # noqa: E402
 from orchestrator import data as benchmarks  # noqa: E402
 from orchestrator.trial import TrialSettings, run_trial  # noqa: E402
+from scripts import _tables  # noqa: E402
 
 METRICS = (("near/auroc", "near AUROC"), ("far/auroc", "far AUROC"), ("near/fpr95", "near FPR95↓"),
            ("far/fpr95", "far FPR95↓"), ("id/acc", "ID acc"))

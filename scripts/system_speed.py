@@ -87,10 +87,9 @@ def overhead(n: int, seconds: float, report_seconds: list[float]) -> None:
 
     import ray
 
-    from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
-    from orchestrator.sweep.runner import print_summary
-    from orchestrator.sweep.runner import run as run_sweep
     from orchestrator.search_space import load
+    from orchestrator.sweep.prepare import prepare
+    from orchestrator.sweep.runner import run as run_sweep
 
     epochs = _epochs_for(seconds)
     swept: dict[float, tuple[float, float]] = {}
@@ -130,8 +129,7 @@ def overhead(n: int, seconds: float, report_seconds: list[float]) -> None:
 def parallel() -> None:
     import ray
 
-    from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
-    from orchestrator.sweep.runner import print_summary
+    from orchestrator.sweep.prepare import prepare
     from orchestrator.sweep.runner import run as run_sweep
 
     work = Path(tempfile.mkdtemp())
@@ -150,13 +148,13 @@ def parallel() -> None:
 
 
 def evaluation(device: str = "cpu") -> None:
+    import dataclasses
+
     import torch
 
     from orchestrator import data as benchmarks
-    from orchestrator.models.backbones import build_classifier
     from orchestrator.evaluation import OutputStore
-
-    import dataclasses
+    from orchestrator.models.backbones import build_classifier
 
     bench = benchmarks.load("fashion-mnist")
     x = bench.id_train.x[:20000]
@@ -233,12 +231,13 @@ def knn(bank: int = 50_000, queries: int = 10_000, dim: int = 128, k: int = 50) 
 def cli() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for args in (["--help"], ["list"]):
-        best = min(_timed(lambda: subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env,
+        best = min(_timed(lambda args=args: subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env,
                                                  capture_output=True, check=True)) for _ in range(3))
-        imported = subprocess.run([sys.executable, "-c", "import sys, runpy; sys.argv=['orchestrator', *%r];\n"
-                                   "try: runpy.run_module('orchestrator', run_name='__main__')\n"
-                                   "except SystemExit: pass\n"
-                                   "print('torch' in sys.modules, 'ray' in sys.modules, file=sys.stderr)" % (args,)],
+        code = (f"import sys, runpy; sys.argv=['orchestrator', *{args!r}];\n"
+                "try: runpy.run_module('orchestrator', run_name='__main__')\n"
+                "except SystemExit: pass\n"
+                "print('torch' in sys.modules, 'ray' in sys.modules, file=sys.stderr)")
+        imported = subprocess.run([sys.executable, "-c", code],
                                   env=env, capture_output=True, text=True).stderr.split()[-2:]
         print(f"[cli] python -m orchestrator {' '.join(args)}: {best:.2f} s (goal < 1 s); "
               f"imports torch: {imported[0]}, ray: {imported[1]}", flush=True)
@@ -264,8 +263,8 @@ def gpu() -> None:
     trainer.train_epoch(model, x, y, 1)
     torch.cuda.synchronize()
     t_epoch = time.perf_counter() - t0
-    from orchestrator.evaluation import extract
     from orchestrator.data.base import Split
+    from orchestrator.evaluation import extract
 
     t0 = time.perf_counter()
     extract(model, Split(x[:10_000], y[:10_000]), "cuda")

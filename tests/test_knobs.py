@@ -4,8 +4,7 @@ import math
 import pytest
 
 import methods
-from orchestrator.knobs import (Bool, Choice, Float, Int, KnobError, Params, UndeclaredKnob, check_searched,
-                                check_value)
+from orchestrator.knobs import Bool, Choice, Float, Int, KnobError, Params, UndeclaredKnob, check_searched, check_value
 
 
 def test_domain_in_words():

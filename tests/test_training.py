@@ -18,7 +18,7 @@ def test_flip_mirrors_some_images_and_keeps_the_others():
     out = augment(x, "flip", torch.Generator().manual_seed(0))
     mirrored = [bool(torch.equal(out[i], x[i].flip(2))) for i in range(64)]
     kept = [bool(torch.equal(out[i], x[i])) for i in range(64)]
-    assert all(m or k for m, k in zip(mirrored, kept)) and 0 < sum(mirrored) < 64
+    assert all(m or k for m, k in zip(mirrored, kept, strict=False)) and 0 < sum(mirrored) < 64
 
 
 def test_crop_keeps_the_size():

@@ -30,7 +30,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
-    def take(self, n: int, rng: np.random.Generator) -> "Split":
+    def take(self, n: int, rng: np.random.Generator) -> Split:
         if len(self) <= n:
             return self
         idx = np.sort(rng.choice(len(self), n, replace=False))
@@ -86,7 +86,7 @@ class Benchmark:
                 h.update(np.ascontiguousarray(split.y).data)
         return h.hexdigest()[:16]
 
-    def shrink(self, n_train: int = 300, n_eval: int = 120) -> "Benchmark":
+    def shrink(self, n_train: int = 300, n_eval: int = 120) -> Benchmark:
         """A tiny copy for smoke tests and CI."""
         rng = np.random.default_rng(DATA_SEED)
         small = lambda d: {k: v.take(n_eval, rng) for k, v in d.items()}  # noqa: E731

@@ -10,6 +10,7 @@ import numpy as np
 from orchestrator.data import BENCHMARKS
 from orchestrator.data.base import DATA_SEED, Benchmark, DataUnavailable, Split, read_idx, stratified_split, to_uint8
 
+
 def _grey_images(names: list[str]) -> list[np.ndarray]:
     import skimage.data
     from skimage.color import rgb2gray

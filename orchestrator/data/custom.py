@@ -262,15 +262,17 @@ class _Loader:
     def _load_npy(self, src: _Source) -> _Raw:
         try:
             x = np.load(src.paths["x"], allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001
-            raise self.err(f"{src.entry}.x", f"cannot read {src.paths['x']} as .npy ({type(exc).__name__}: {exc})")
+        except Exception as exc:  # any reason a file is not an .npy array: one line naming the file
+            raise self.err(f"{src.entry}.x", f"cannot read {src.paths['x']} as .npy ({type(exc).__name__}: {exc})") \
+                from None
         x = self._as_nchw(x, f"{src.entry}.x", src.spec.get("layout"))
         y = None
         if "y" in src.paths:
             try:
                 y_arr = np.load(src.paths["y"], allow_pickle=False)
-            except Exception as exc:  # noqa: BLE001
-                raise self.err(f"{src.entry}.y", f"cannot read {src.paths['y']} as .npy ({type(exc).__name__}: {exc})")
+            except Exception as exc:  # any reason a file is not an .npy array: one line naming the file
+                raise self.err(f"{src.entry}.y", f"cannot read {src.paths['y']} as .npy ({type(exc).__name__}: "
+                                                 f"{exc})") from None
             y = self._labels(y_arr, len(x), f"{src.entry}.y")
         return _Raw(x, y)
 
@@ -547,7 +549,7 @@ def load_custom(path: str | os.PathLike, data_root: str | None = None) -> Benchm
         parts = stratified_split(y["train"], tuple([1 - sum(fr)] + fr), rng)
         xt, yt = x["train"], y["train"]
         x["train"], y["train"] = xt[parts[0]], yt[parts[0]]
-        for p, idx in zip(carved, parts[1:]):
+        for p, idx in zip(carved, parts[1:], strict=False):
             x[p], y[p] = xt[idx], yt[idx]
     for p in ("train", "val", "test"):
         if len(x[p]) == 0:

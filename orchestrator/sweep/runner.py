@@ -18,10 +18,10 @@ from typing import Any
 
 import methods
 from orchestrator import search_space
+from orchestrator.errors import UsageError
 from orchestrator.metrics import OODMatrix
 from orchestrator.sweep import scheduling, state
 from orchestrator.sweep.interrupt import StopSignals
-from orchestrator.errors import UsageError
 from orchestrator.sweep.prepare import Prepared, SweepOptions
 
 

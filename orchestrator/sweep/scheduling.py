@@ -47,7 +47,7 @@ def pareto_front(rows: list[dict[str, Any]], objectives: list[tuple[str, str]]) 
     front = []
     for r in rows:
         kr = key(r)
-        dominated = any(all(a >= b for a, b in zip(key(o), kr)) and key(o) != kr for o in rows)
+        dominated = any(all(a >= b for a, b in zip(key(o), kr, strict=False)) and key(o) != kr for o in rows)
         if not dominated:
             front.append(r)
     return front

@@ -16,8 +16,16 @@ from pathlib import Path
 from ray.tune import Callback
 
 from orchestrator.metrics import OODMatrix
-from orchestrator.tracking.runs import (FLUSH_SECONDS, HISTORY_KEY, TRIAL_TAG, SweepRun, as_params, log_matrix_artifacts,
-                                        now_ms, numeric_metrics)
+from orchestrator.tracking.runs import (
+    FLUSH_SECONDS,
+    HISTORY_KEY,
+    TRIAL_TAG,
+    SweepRun,
+    as_params,
+    log_matrix_artifacts,
+    now_ms,
+    numeric_metrics,
+)
 
 
 class MLflowTrialLogger(Callback):

@@ -126,7 +126,7 @@ def histogram_figure(s_id: np.ndarray, ood: dict[str, tuple[str, np.ndarray]], t
     cols = min(3, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows + 0.4), dpi=DPI, squeeze=False)
-    for ax, (name, (group, s)) in zip(axes.flat, ood.items()):
+    for ax, (name, (group, s)) in zip(axes.flat, ood.items(), strict=False):
         both = np.r_[s_id, s]
         lo, hi = float(both.min()), float(both.max())
         bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 31)

@@ -137,7 +137,7 @@ def sweep_records(tracking_uri: str, sweeps: list[str] | None = None, experiment
     return out
 
 
-def leaderboard(tracking_uri: str, sweeps: list[str] | None = None, experiment: str = "oodsweep") -> "pd.DataFrame":
+def leaderboard(tracking_uri: str, sweeps: list[str] | None = None, experiment: str = "oodsweep") -> pd.DataFrame:
     """The leaderboard as a DataFrame: one row per (method, benchmark[, smoke][, FPR@95 convention]).
 
     Columns: method, benchmark, convention, smoke_test, seeds (distinct seeds averaged), merged (results that
@@ -148,7 +148,7 @@ def leaderboard(tracking_uri: str, sweeps: list[str] | None = None, experiment: 
     return _aggregate(sweep_records(tracking_uri, sweeps, experiment))
 
 
-def _aggregate(records: list[dict]) -> "pd.DataFrame":
+def _aggregate(records: list[dict]) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
@@ -200,7 +200,7 @@ def _short(v: str) -> str:
     return v if f.is_integer() and "." not in v else f"{f:.4g}"
 
 
-def sort(df: "pd.DataFrame", column: str) -> "pd.DataFrame":
+def sort(df: pd.DataFrame, column: str) -> pd.DataFrame:
     """Best first: descending, except FPR@95 (ascending). Accepts a column name or its title (``near-auroc``)."""
     col = column.replace("-", "_").replace("/", "_").lower()
     if col not in df.columns:
@@ -216,7 +216,7 @@ def _cell(mean: float, std: float, seeds: int) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f}"
 
 
-def _display(df: "pd.DataFrame") -> tuple[list[str], list[list[str]], str]:
+def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
     conventions = sorted(set(df["convention"])) if len(df) else ["classic"]
     one = conventions[0] if len(conventions) == 1 else None
     header = ["Method", "Benchmark", *(_title(c, one) for c in METRICS), "Seeds", "Best config (val)"]
@@ -240,7 +240,7 @@ def _display(df: "pd.DataFrame") -> tuple[list[str], list[list[str]], str]:
     return header, rows, note
 
 
-def render(df: "pd.DataFrame", fmt: str = "table") -> str:
+def render(df: pd.DataFrame, fmt: str = "table") -> str:
     """The leaderboard as ``table`` (aligned text), ``markdown`` or ``csv`` (raw fractions, std columns)."""
     if fmt == "csv":
         return df.to_csv(index=False, float_format="%.6f")
@@ -256,7 +256,7 @@ def render(df: "pd.DataFrame", fmt: str = "table") -> str:
         return "\n".join(lines) + f"\n\n{note}\n"
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     fmt_row = lambda cells: "  ".join(c.ljust(w) if i < 2 or i == len(cells) - 1 else c.rjust(w)  # noqa: E731
-                                      for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+                                      for i, (c, w) in enumerate(zip(cells, widths, strict=False))).rstrip()
     lines = [fmt_row(header), "-" * len(fmt_row(header))] + [fmt_row(row) for row in rows]
     return "\n".join(lines) + f"\n{note}\n"
 

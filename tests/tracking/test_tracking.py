@@ -1,7 +1,6 @@
 """MLflow logging from the driver: child runs per trial, no duplicates on resume, nothing lost when the
 tracking server drops mid-sweep (events queue and are written once it is back)."""
 import json
-import os
 from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient

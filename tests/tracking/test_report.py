@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
-from orchestrator.sweep.runner import print_summary
-from orchestrator.sweep.runner import run as run_sweep
 from orchestrator.sweep import seeds
+from orchestrator.sweep.prepare import SweepOptions, prepare
+from orchestrator.sweep.runner import run as run_sweep
 from orchestrator.tracking import report
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from orchestrator import data as benchmarks
-from orchestrator.data.base import DataUnavailable
 from orchestrator.data import openood as oo
+from orchestrator.data.base import DataUnavailable
 
 N_TRAIN_PER_BATCH, N_TEST = 12, 20
 

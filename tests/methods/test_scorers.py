@@ -12,6 +12,7 @@ from torch import nn
 
 import methods
 from methods.base import FeatureMapScorer, FeatureScorer, InputGradientScorer, LogitScorer, Outputs
+from methods.energy import EnergyScorer
 from methods.entropy import EntropyScorer
 from methods.iodin import IodinScorer
 from methods.klmatching import FLOOR, KLMatchingScorer
@@ -19,7 +20,6 @@ from methods.knn import KnnScorer
 from methods.mahalanobis import MahalanobisScorer
 from methods.maxlogit import MaxLogitScorer
 from methods.msp import MSPScorer
-from methods.energy import EnergyScorer
 from methods.odin import OdinScorer
 from methods.vim import VimScorer
 from orchestrator import search_space

@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from methods.oaml import (CLUB, OAMLTrainer, _kth_distance, alpha_bar, boundary_outliers, diffusion_outliers,
-                          distill_transform)
+from methods.oaml import (
+    CLUB,
+    OAMLTrainer,
+    _kth_distance,
+    alpha_bar,
+    boundary_outliers,
+    diffusion_outliers,
+    distill_transform,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -162,10 +169,10 @@ def test_trainer_extras_are_trained_and_checkpointed():
     before = [p.clone() for p in trainer.club_knn.parameters()]
     stats = trainer.train_epoch(model, bench.id_train.x, bench.id_train.y, 1)
     assert np.isfinite(stats["train/loss"])
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.club_knn.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.club_knn.parameters(), strict=False))
     assert trainer._knn_pool is not None and len(trainer._knn_pool) > 0
     other = OAMLTrainer(m.resolve({"teacher": "self", "finetune_epochs": 1}), seed=3)
     other.setup(model, bench)
     other.load_state_dict(trainer.state_dict())
-    for a, b in zip(trainer.dt.state_dict().values(), other.dt.state_dict().values()):
+    for a, b in zip(trainer.dt.state_dict().values(), other.dt.state_dict().values(), strict=False):
         assert torch.equal(a, b)

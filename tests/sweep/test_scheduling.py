@@ -6,11 +6,9 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
-from orchestrator.sweep.runner import print_summary
-from orchestrator.sweep.runner import run as run_sweep
 from orchestrator.errors import UsageError
-from orchestrator.sweep.prepare import SweepOptions
+from orchestrator.sweep.prepare import SweepOptions, prepare
+from orchestrator.sweep.runner import run as run_sweep
 from orchestrator.sweep.scheduling import pareto_front
 
 pytestmark = pytest.mark.integration

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator import data as benchmarks
-from orchestrator.data.base import DataUnavailable
 from orchestrator.data import is_custom
+from orchestrator.data.base import DataUnavailable
 from orchestrator.data.custom import CustomBenchmarkError, load_custom
 
 

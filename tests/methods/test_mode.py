@@ -10,10 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from methods.mode import (ALPAProjectors, MODETrainer, alpa_chunk_bytes, alpa_chunk_size, alpa_loss,
-                          alpa_similarity, augment, supcon_from_logits)
+from methods.mode import (
+    ALPAProjectors,
+    MODETrainer,
+    alpa_chunk_bytes,
+    alpa_chunk_size,
+    alpa_loss,
+    alpa_similarity,
+    augment,
+    supcon_from_logits,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GIB = 2**30
 
 
@@ -81,7 +89,7 @@ def test_chunked_equals_full_in_value_and_gradient():
         grads.append((loss.detach(), [p.grad.clone() for p in proj.parameters()]))
     assert alpa_chunk_size(10, 9, 8, 0.07) == 2
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
-    for a, b in zip(grads[0][1], grads[1][1]):
+    for a, b in zip(grads[0][1], grads[1][1], strict=False):
         assert torch.allclose(a, b, atol=1e-5)
 
 
@@ -211,7 +219,7 @@ def test_trainer_extra_state_round_trip():
     b = MODETrainer(m.resolve({"finetune_epochs": 1}), seed=5)
     b.setup(model, bench)
     b.load_state_dict(a.state_dict())
-    for p, q in zip(a.proj.parameters(), b.proj.parameters()):
+    for p, q in zip(a.proj.parameters(), b.proj.parameters(), strict=False):
         assert torch.equal(p, q)
     with pytest.raises(ValueError):
         m.resolve({"variant": "mode_x"})

@@ -6,8 +6,8 @@ import pytest
 
 from orchestrator import data as benchmarks
 from orchestrator.data import builtin
-from orchestrator.data.builtin import DEBIAN_FASHION
 from orchestrator.data.base import DataUnavailable
+from orchestrator.data.builtin import DEBIAN_FASHION
 
 
 def _rows(split):

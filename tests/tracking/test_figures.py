@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
-from orchestrator.sweep.runner import print_summary
-from orchestrator.sweep.runner import SweepResult
-from orchestrator.sweep.runner import run as run_sweep
-from orchestrator.tracking import figures
 from orchestrator.metrics import OODMatrix, ood_matrix
+from orchestrator.sweep.prepare import SweepOptions, prepare
+from orchestrator.sweep.runner import SweepResult
+from orchestrator.tracking import figures
 from orchestrator.trial import TrialSettings, run_trial
 
 PNG = b"\x89PNG\r\n\x1a\n"

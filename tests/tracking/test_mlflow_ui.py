@@ -45,11 +45,10 @@ def swept(tmp_path_factory):
     """A real energy smoke sweep with per-trial heatmaps and the sweep's figures."""
     import ray
 
-    from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
-    from orchestrator.sweep.runner import print_summary
+    from orchestrator.metrics import OODMatrix
+    from orchestrator.sweep.prepare import SweepOptions, prepare
     from orchestrator.sweep.runner import run as run_sweep
     from orchestrator.tracking import figures
-    from orchestrator.metrics import OODMatrix
 
     tmp = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"

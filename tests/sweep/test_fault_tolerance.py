@@ -37,8 +37,7 @@ def _opts(workdir, **kw):
 def test_a_trial_that_raises_fails_alone_and_its_error_reaches_mlflow(workdir):
     import ray
 
-    from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
-    from orchestrator.sweep.runner import print_summary
+    from orchestrator.sweep.prepare import prepare
     from orchestrator.sweep.runner import run as run_sweep
 
     # T = 1e-320 is a valid temperature (> 0) whose z/T overflows to inf: the trial raises on non-finite scores at run time.
@@ -64,8 +63,7 @@ def test_sweep_survives_a_worker_node_dying(workdir):
     import ray
     from ray.cluster_utils import Cluster
 
-    from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
-    from orchestrator.sweep.runner import print_summary
+    from orchestrator.sweep.prepare import prepare
     from orchestrator.sweep.runner import run as run_sweep
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 100 * 2**20})

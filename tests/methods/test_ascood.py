@@ -1,10 +1,8 @@
 """ASCOOD's defining mechanics on tiny inputs."""
-import numpy as np
 import pytest
 import torch
 
-from methods.ascood import (ASCOODTrainer, alpha_at, gradient_outliers, saliency, shuffle_outliers,
-                            uniform_kl)
+from methods.ascood import ASCOODTrainer, alpha_at, gradient_outliers, saliency, shuffle_outliers, uniform_kl
 from orchestrator.models.backbones import build_classifier
 
 
