@@ -95,7 +95,9 @@ class OutlierSynthesis:
         self.p_inv = float(params.get("p_inv", 0.1))
         self.alpha_max = float(params.get("alpha_max", 300.0))
         alpha_min = params.get("alpha_min")
-        self.alpha_min = float(alpha_min if alpha_min is not None else params.get("alpha_min_frac", 0.1) * self.alpha_max)
+        if alpha_min is None:
+            alpha_min = params.get("alpha_min_frac", 0.1) * self.alpha_max
+        self.alpha_min = float(alpha_min)
         if not 0 < self.p_inv <= 1:
             raise ValueError(f"{owner} p_inv must be in (0, 1], got {self.p_inv}")
         if self.alpha_min > self.alpha_max:

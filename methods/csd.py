@@ -42,7 +42,8 @@ CSD_KNOBS = (
 
 
 def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not (isinstance(value, Integral) or (isinstance(value, float) and value.is_integer())):
+    integral = isinstance(value, Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral:
         raise ValueError(f"csd: {name} must be an integer, got {value!r}")
     if int(value) < low:
         raise ValueError(f"csd: {name} must be >= {low}, got {value}")

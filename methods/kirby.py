@@ -7,7 +7,8 @@ erased and refilled, the result passed through the frozen classifier; the same r
 (:func:`methods.outlier_synthesis.train_rejection_head`) is trained on ID features vs these features, each ID sample
 swapped for its own erased-and-inpainted version with probability ood_prob; S = −(rejection logit).
 
-**Substitute:** the authors fill the erased region with a pretrained inpainting network; we use harmonic (Laplace) diffusion
+**Substitute:** the authors fill the erased region with a pretrained inpainting network; we use harmonic (Laplace)
+diffusion
 inpainting — erased pixels start at the mean of the image's un-erased pixels, then ``inpaint_iters`` (default
 2·max(H, W)) Jacobi iterations set each erased pixel to the mean of its 4 neighbours (replicate padding),
 un-erased pixels fixed. No OpenCV. The classifier's weights are never changed (Grad-CAM uses

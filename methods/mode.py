@@ -22,12 +22,14 @@ s(a, a) is 2 exactly when self-attention reproduces every location's value direc
 constant map); for a generic map A_aa v_a is a convex mix of locations, so s(a, a) ≤ 2.
 
 Memory: the pairwise tensors are (2B)²·L² (attention; the aligned values, (2B)²·L·d, are never materialised:
-cosines come from L×L Gram matrices, see :func:`_t_rows`). They are computed in chunks of anchors sized so that one chunk's intermediates stay below ``alpa_chunk_mb`` (256 MiB); with more
+cosines come from L×L Gram matrices, see :func:`_t_rows`). They are computed in chunks of anchors sized so that one
+chunk's intermediates stay below ``alpa_chunk_mb`` (256 MiB); with more
 than one chunk each chunk is gradient-checkpointed (recomputed in backward), so peak memory is one chunk plus
 the (2B)² similarity matrix. :func:`alpa_chunk_size` / :func:`alpa_chunk_bytes` give the analytic numbers.
 
 ``finetune_batch_size`` (default: the recipe's batch_size) sets B for fine-tuning only, so a smaller ALPA batch
-does not retrain the base CE network. The projectors are training-only: they live in the trainer (saved in checkpoints via ``extra_state``), never in
+does not retrain the base CE network. The projectors are training-only: they live in the trainer (saved in
+checkpoints via ``extra_state``), never in
 the cached Classifier. The fc head gets no gradient (neither loss reads logits), as in the paper: ID accuracy is
 that of the original head on the fine-tuned features. Scoring: CSD (``methods.csd``) by default, knob ``scorer``
 picks any post-hoc scorer.
@@ -67,7 +69,7 @@ class ALPAProjectors(nn.Module):
     def __init__(self, channels: int, inner_dim: int = 80):
         super().__init__()
         self.inner_dim = int(inner_dim)
-        self.q, self.k, self.v = projector(channels, inner_dim), projector(channels, inner_dim), projector(channels, inner_dim)
+        self.q, self.k, self.v = (projector(channels, inner_dim) for _ in range(3))
 
     def forward(self, fmap: torch.Tensor):
         tokens = fmap.flatten(2).transpose(1, 2)  # (N, L, C)

@@ -150,7 +150,8 @@ class UMAPTrainer(UMTrainer):
 
 @register("umap")
 class UnleashingMaskAdaptivePruning(Method):
-    paper = "Zhu et al., Unleashing Mask: Explore the Intrinsic Out-of-Distribution Detection Capability, ICML 2023 (UMAP)"
+    paper = ("Zhu et al., Unleashing Mask: Explore the Intrinsic Out-of-Distribution Detection Capability, ICML 2023 "
+             "(UMAP)")
     finetunes = True
     knobs = (
         *UM_KNOBS,

@@ -31,7 +31,8 @@ def check_dim(dim) -> int | None:
 
 
 class VimScorer(FeatureScorer):
-    """``VimScorer(dim)`` takes W, b from ``model.head.fc`` at fit; ``VimScorer(dim, weight=W, bias=b)`` needs no model."""
+    """``VimScorer(dim)`` takes W, b from ``model.head.fc`` at fit; ``VimScorer(dim, weight=W, bias=b)`` needs no
+    model."""
 
     needs_fit = True  # reads the features and the logits
 

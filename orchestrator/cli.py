@@ -15,7 +15,8 @@ def _sweep_parser(sub) -> None:
                        description="Run an Optuna (seeded TPE) search over search_spaces/<METHOD>.yaml; every trial "
                                    "is a Ray Tune trainable, every result an MLflow child run.")
     p.add_argument("method", help="method name (see `list`)")
-    p.add_argument("--benchmark", default="digits", help="benchmark name (default: digits, needs no download), or a custom benchmark YAML "
+    p.add_argument("--benchmark", default="digits",
+                   help="benchmark name (default: digits, needs no download), or a custom benchmark YAML "
                         "(docs/custom_benchmark.md)")
     p.add_argument("--num-samples", type=int, help="number of trials (default: the YAML's budget)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the YAML's budget)")
@@ -160,7 +161,8 @@ def _cmd_ui(args) -> int:
         raise UsageError(f"no MLflow store at {uri[len('sqlite:///'):]}; run a sweep first or pass --tracking-uri")
     cmd = [sys.executable, "-m", "mlflow", "server" if args.server else "ui", "--backend-store-uri", uri,
            "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow {'server' if args.server else 'UI'} on http://{args.host}:{args.port}  (store {uri}); Ctrl-C stops it",
+    kind = "server" if args.server else "UI"
+    print(f"MLflow {kind} on http://{args.host}:{args.port}  (store {uri}); Ctrl-C stops it",
           flush=True)
     return _serve(cmd)
 

@@ -98,7 +98,8 @@ class OODMatrix:
 
     @classmethod
     def from_json(cls, data: dict) -> OODMatrix:
-        rows = {r["ood_dataset"]: {c: r[c] for c in COLUMNS} for r in data["rows"] if not r["ood_dataset"].endswith("(mean)")}
+        rows = {r["ood_dataset"]: {c: r[c] for c in COLUMNS} for r in data["rows"]
+                if not r["ood_dataset"].endswith("(mean)")}
         groups = {r["ood_dataset"]: r["group"] for r in data["rows"] if not r["ood_dataset"].endswith("(mean)")}
         return cls(rows, groups, data.get("id_acc"), data.get("fpr95_convention", "classic"))
 
@@ -117,7 +118,9 @@ class OODMatrix:
         recs = self.to_records()
         width = max(12, *(len(r["ood_dataset"]) for r in recs))
         widths = [max(8, len(t)) for t in titles]
-        line = lambda cells: "  ".join([cells[0].ljust(width)] + [c.rjust(w) for c, w in zip(cells[1:], widths, strict=False)])  # noqa: E731
+        def line(cells):
+            return "  ".join([cells[0].ljust(width)] + [c.rjust(w) for c, w in zip(cells[1:], widths, strict=False)])
+
         out = [line(["OOD dataset", *titles])]
         means = [r for r in recs if r["ood_dataset"].endswith("(mean)")]
         for r in recs:

@@ -67,7 +67,8 @@ class Registry:
         def wrap(obj):
             known = self._objects.get(name)
             if known is not None and known is not obj and _qualified(known) != _qualified(obj):
-                raise ValueError(f"{self.kind} {name!r} is registered twice ({_qualified(known)} and {_qualified(obj)})")
+                raise ValueError(f"{self.kind} {name!r} is registered twice ({_qualified(known)} and "
+                                 f"{_qualified(obj)})")
             self._objects[name] = obj
             if isinstance(obj, type):
                 obj.name = name

@@ -2,7 +2,8 @@
 :meth:`Trainer.loss` (and, where the paper does, :meth:`Trainer.param_groups`).
 
 Every trainer reads the recipe knobs (:data:`orchestrator.recipe.RECIPE`: epochs, lr, batch_size, momentum,
-weight_decay, nesterov; SGD with cosine annealing per step, as OpenOOD trains its CIFAR baselines). A fine-tuning trainer
+weight_decay, nesterov; SGD with cosine annealing per step, as OpenOOD trains its CIFAR baselines). A fine-tuning
+trainer
 (UM, MODE, OAML...) subclasses :class:`FineTuner`: it starts from the cached cross-entropy classifier and reads
 its own ``finetune_epochs`` / ``finetune_lr`` knobs, so the recipe keeps describing the base network.
 """

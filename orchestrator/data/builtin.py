@@ -102,7 +102,8 @@ def _find_fashion_dir(data_root: str | None) -> Path:
         tried.append(str(c))
         if all((c / f).is_file() for f in _FASHION_FILES.values()):
             return c
-    root = Path(data_root) if data_root else Path(os.environ.get("OODSWEEP_DATA", Path.home() / ".cache" / "oodsweep" / "data"))
+    default = Path.home() / ".cache" / "oodsweep" / "data"
+    root = Path(data_root) if data_root else Path(os.environ.get("OODSWEEP_DATA", default))
     try:
         from torchvision.datasets import FashionMNIST
 
@@ -116,8 +117,9 @@ def _find_fashion_dir(data_root: str | None) -> Path:
             f"download into {root} failed ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
-@BENCHMARKS.register("fashion-mnist", description="Fashion-MNIST 28×28: ID = classes 0-5, near-OOD = classes 6-9, far-OOD = "
-                                     "upsampled digits, texture patches, noise (--data-root, Debian package, or download)")
+@BENCHMARKS.register("fashion-mnist",
+                     description="Fashion-MNIST 28×28: ID = classes 0-5, near-OOD = classes 6-9, far-OOD = "
+                                 "upsampled digits, texture patches, noise (--data-root, Debian package, or download)")
 def _fashion(data_root: str | None = None) -> Benchmark:
     import torch
     import torch.nn.functional as F

@@ -362,14 +362,16 @@ def load_openood(id_name: str, data_root: str | None = None, download: bool | No
 
 
 # Descriptions are literal strings: `list` reads them from this file's source without importing it.
-@BENCHMARKS.register("cifar10", description="OpenOOD v1.5 CIFAR-10 32×32: near-OOD = CIFAR-100, TinyImageNet; far-OOD = "
+@BENCHMARKS.register("cifar10",
+                     description="OpenOOD v1.5 CIFAR-10 32×32: near-OOD = CIFAR-100, TinyImageNet; far-OOD = "
                      "MNIST, SVHN, Textures, Places365; OOD val = TinyImageNet val_tin (torchvision + OpenOOD image "
                      "lists under --data-root)")
 def cifar10(data_root: str | None = None) -> Benchmark:
     return load_openood("cifar10", data_root)
 
 
-@BENCHMARKS.register("cifar100", description="OpenOOD v1.5 CIFAR-100 32×32: near-OOD = CIFAR-10, TinyImageNet; far-OOD = "
+@BENCHMARKS.register("cifar100",
+                     description="OpenOOD v1.5 CIFAR-100 32×32: near-OOD = CIFAR-10, TinyImageNet; far-OOD = "
                      "MNIST, SVHN, Textures, Places365; OOD val = TinyImageNet val_tin (torchvision + OpenOOD image "
                      "lists under --data-root)")
 def cifar100(data_root: str | None = None) -> Benchmark:

@@ -55,7 +55,8 @@ class ResNet18(nn.Module):
 
     def __init__(self, in_channels: int = 3, image_size: int = 32):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(inplace=True))
         blocks, cin = [], 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             blocks += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]

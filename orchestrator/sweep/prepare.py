@@ -128,7 +128,8 @@ def prepare(opts: SweepOptions) -> Prepared:
         space = search_space.load(method.name, opts.search_space)
         if opts.objectives:
             pairs = [o.rsplit(":", 1) if ":" in o else [o, "max"] for o in opts.objectives]
-            space.objectives = search_space.parse_objectives([p[0] for p in pairs], [p[1] for p in pairs], "--objective")
+            space.objectives = search_space.parse_objectives([p[0] for p in pairs], [p[1] for p in pairs],
+                                                             "--objective")
             space.metric, space.mode = space.objectives[0]
         search_space.check_objectives(space.objectives, "--objective" if opts.objectives else space.path)
         search_space.check_against(space, method)
@@ -158,7 +159,8 @@ def prepare(opts: SweepOptions) -> Prepared:
     try:  # the smoke block's fixed values, --epochs and the benchmark's recipe, against the declaration too
         params = method.resolve(fixed, bench.recipe)
     except KnobError as exc:
-        raise UsageError(f"{exc} (from {space.path}'s fixed/smoke values, --epochs or the benchmark's recipe)") from None
+        raise UsageError(f"{exc} (from {space.path}'s fixed/smoke values, --epochs or the benchmark's recipe)") \
+            from None
     flips = {params["augment"]} | set(next((k.choices for k in space.knobs if k.name == "augment"), None) or ())
     if flips & {"flip", "crop_flip"} and not bench.hflip_invariant:
         raise UsageError(f"augment flips images, but horizontal flips change {bench.name}'s labels (the benchmark "

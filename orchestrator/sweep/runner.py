@@ -366,7 +366,8 @@ def _summarise(prep: Prepared, grid, sweep_run, started: float, res: SweepResult
         sweep_run.log_metrics({"pareto/size": len(front)})
     best = max(candidates, key=lambda r: sign * r.metrics[space.metric])
     res.best_config = dict(best.config)
-    res.best_metrics = {k: v for k, v in best.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    res.best_metrics = {k: v for k, v in best.metrics.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
     res.best_matrix = OODMatrix.from_json(json.loads(best.metrics["matrix_json"]))
     sweep_run.log_metrics({f"best/{k}": v for k, v in res.best_matrix.flat().items()})
     sweep_run.log_metrics({f"best/{space.metric}": best.metrics[space.metric]})
@@ -386,9 +387,11 @@ def print_summary(res: SweepResult, metric: str, out=sys.stdout) -> None:
     if res.best_matrix is None and res.interrupted:
         print("No trial finished before the sweep was stopped.", file=out)
     elif res.best_matrix is None:
-        print(f"No trial finished ({res.num_errors} of {res.num_trials} failed); see MLflow run {res.parent_run_id}.", file=out)
+        print(f"No trial finished ({res.num_errors} of {res.num_trials} failed); see MLflow run "
+              f"{res.parent_run_id}.", file=out)
     else:
-        cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(res.best_config.items()))
+        cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in sorted(res.best_config.items()))
         print(f"Best trial ({metric} = {res.best_metrics[metric]:.4f} on validation): {cfg}", file=out)
         print("Test OOD metric matrix (%):", file=out)
         print(res.best_matrix.format(), file=out)

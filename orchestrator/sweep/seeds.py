@@ -44,7 +44,8 @@ def _trial_configs(prep, result, client, every_trial: bool) -> list[tuple[str, d
                                       max_results=5000)
         for r in sorted(children, key=lambda r: r.info.start_time):
             tid = r.data.tags.get(runs.TRIAL_TAG)
-            if tid and tid != best_id and r.data.tags.get(runs.SEED_REPEAT_TAG) != "true" and r.info.status == "FINISHED":
+            repeat = r.data.tags.get(runs.SEED_REPEAT_TAG) == "true"
+            if tid and tid != best_id and not repeat and r.info.status == "FINISHED":
                 configs.append((tid, runs.typed_config(prep.space, prep.fixed, r.data.params)))
     return configs
 

@@ -67,7 +67,8 @@ def heatmap_figure(matrix: OODMatrix, title: str | None = None):
             ax.text(j, i, f"{100 * values[i, j]:.1f}", ha="center", va="center", fontsize=9,
                     color="black" if 0.25 < good[i, j] < 0.85 else "white")
     ax.set_xticks(range(len(COLUMNS)),
-                  [COLUMN_TITLES[c] + ("\n(" + matrix.convention + ", ↓)" if c == "fpr95" else "\n(↑)") for c in COLUMNS],
+                  [COLUMN_TITLES[c] + ("\n(" + matrix.convention + ", ↓)" if c == "fpr95" else "\n(↑)")
+                   for c in COLUMNS],
                   fontsize=9)
     ax.set_yticks(range(len(recs)),
                   [r["ood_dataset"] if r["ood_dataset"].endswith("(mean)") else f"{r['group']}: {r['ood_dataset']}"
@@ -131,7 +132,8 @@ def histogram_figure(s_id: np.ndarray, ood: dict[str, tuple[str, np.ndarray]], t
         lo, hi = float(both.min()), float(both.max())
         bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 31)
         ax.hist(s_id, bins=bins, alpha=0.55, density=True, label="ID (test)", color="tab:blue")
-        ax.hist(s, bins=bins, alpha=0.55, density=True, label=name, color="tab:red" if group == "near" else "tab:orange")
+        ax.hist(s, bins=bins, alpha=0.55, density=True, label=name,
+                color="tab:red" if group == "near" else "tab:orange")
         auroc = ood_metrics(s_id, s)["auroc"]
         ax.set_title(f"{group}: {name} (AUROC {100 * auroc:.1f}%)", fontsize=9)
         ax.tick_params(labelsize=8)
@@ -153,7 +155,8 @@ def roc_figure(s_id: np.ndarray, ood: dict[str, tuple[str, np.ndarray]], title: 
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=DPI)
     for name, (group, s) in ood.items():
         fpr, tpr, _ = roc_curve(np.r_[np.ones(len(s_id)), np.zeros(len(s))], np.r_[s_id, s])
-        ax.plot(fpr, tpr, linestyle="-" if group == "near" else "--", label=f"{group}: {name} ({100 * auc(fpr, tpr):.1f})")
+        ax.plot(fpr, tpr, linestyle="-" if group == "near" else "--",
+                label=f"{group}: {name} ({100 * auc(fpr, tpr):.1f})")
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
     ax.axhline(0.95, color="grey", linewidth=0.8)
     ax.set_xlabel("FPR (OOD accepted)", fontsize=9)

@@ -204,7 +204,8 @@ def sort(df: pd.DataFrame, column: str) -> pd.DataFrame:
     """Best first: descending, except FPR@95 (ascending). Accepts a column name or its title (``near-auroc``)."""
     col = column.replace("-", "_").replace("/", "_").lower()
     if col not in df.columns:
-        raise ValueError(f"unknown sort column {column!r}; choose one of {', '.join(['method', 'benchmark', *METRICS])}")
+        choices = ", ".join(["method", "benchmark", *METRICS])
+        raise ValueError(f"unknown sort column {column!r}; choose one of {choices}")
     ascending = col in LOWER_IS_BETTER or col in ("method", "benchmark", "convention")
     return df.sort_values([col, "method", "benchmark"], ascending=[ascending, True, True],
                           na_position="last", kind="stable").reset_index(drop=True)
@@ -251,7 +252,8 @@ def render(df: pd.DataFrame, fmt: str = "table") -> str:
     header, rows, note = _display(df)
     if fmt == "markdown":
         esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header) - 1)) + "|---|"]
+        rule = "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header) - 1)) + "|---|"
+        lines = ["| " + " | ".join(header) + " |", rule]
         lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
         return "\n".join(lines) + f"\n\n{note}\n"
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]

@@ -35,7 +35,9 @@ def resolve_tracking_uri(uri: str | None, workdir: str | os.PathLike = ".") -> s
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str((Path(workdir) / uri[len("sqlite:///"):]).resolve())
     if "://" not in uri:
-        return "sqlite:///" + str((Path(workdir) / uri).resolve()) if uri.endswith(".db") else Path(uri).resolve().as_uri()
+        if uri.endswith(".db"):
+            return "sqlite:///" + str((Path(workdir) / uri).resolve())
+        return Path(uri).resolve().as_uri()
     return uri
 
 
