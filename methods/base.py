@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from methods import METHODS
+from methods.registry import METHODS, catalog
 from orchestrator.knobs import Knob, KnobError, Params, check_value
 from orchestrator.recipe import RECIPE
 from orchestrator.registry import closest
@@ -155,8 +155,7 @@ class Method:
 
     def scorer_choices(self) -> list[str]:
         """The post-hoc methods this method's scorer knob accepts."""
-        from methods import catalog  # read from source: no other method module is imported
-
+        # read from source: listing them imports no other method module
         return [row["name"] for row in catalog() if row["kind"] == "post-hoc" and row["name"] != self.name]
 
     def declared(self, scorers: Iterable[str] | None = None) -> dict[str, Knob]:

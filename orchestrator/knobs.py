@@ -106,26 +106,27 @@ def _num(x: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- constructors
-def Float(name: str, default: float | None, *, ge=None, gt=None, le=None, lt=None, network: bool = False,  # noqa: N802 - reads like a type
-          optional: bool = False, help: str = "") -> Knob:  # noqa: A002 - argparse's word for it
+# Capitalised like the types they declare (Float(...) reads as a declaration); ``help`` is argparse's word.
+def Float(name: str, default: float | None, *, ge=None, gt=None, le=None, lt=None, network: bool = False,
+          optional: bool = False, help: str = "") -> Knob:
     return Knob(name, "float", default, network, ge, gt, le, lt, None, optional, help)
 
 
-def Int(name: str, default: int | None, *, ge=None, gt=None, le=None, lt=None, network: bool = False,  # noqa: N802
-        optional: bool = False, help: str = "") -> Knob:  # noqa: A002
+def Int(name: str, default: int | None, *, ge=None, gt=None, le=None, lt=None, network: bool = False,
+        optional: bool = False, help: str = "") -> Knob:
     return Knob(name, "int", default, network, ge, gt, le, lt, None, optional, help)
 
 
-def Bool(name: str, default: bool, *, network: bool = False, help: str = "") -> Knob:  # noqa: N802,A002
+def Bool(name: str, default: bool, *, network: bool = False, help: str = "") -> Knob:
     return Knob(name, "bool", default, network, help=help)
 
 
-def Choice(name: str, default: Any, choices: Iterable, *, network: bool = False, optional: bool = False,  # noqa: N802
-           help: str = "") -> Knob:  # noqa: A002
+def Choice(name: str, default: Any, choices: Iterable, *, network: bool = False, optional: bool = False,
+           help: str = "") -> Knob:
     return Knob(name, "categorical", default, network, choices=tuple(choices), optional=optional, help=help)
 
 
-def ScorerChoice(name: str = "scorer", default: str = "msp", *, help: str = "") -> Knob:  # noqa: N802,A002
+def ScorerChoice(name: str = "scorer", default: str = "msp", *, help: str = "") -> Knob:
     """The post-hoc method that scores a trained network (its knobs become this method's knobs too)."""
     return Knob(name, "scorer", default, False, help=help or "post-hoc method that scores the trained network")
 

@@ -176,8 +176,6 @@ def static_attribute(entry: Entry, attribute: str, default: Any = None) -> Any:
 
 
 class _Evaluator:
-    _cache: dict[str, dict[str, ast.AST]] = {}
-
     def __init__(self, path: Path, module: str):
         self.path, self.module = path, module
         tree = ast.parse(path.read_text(), str(path))
