@@ -62,6 +62,12 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--seeds-every-trial", action="store_true", help="with --seeds: re-run every trial's configuration")
     p.add_argument("--no-figures", action="store_true", help="skip the sweep's figures (heatmap, ROC, Optuna plots)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="a search whose knobs are all post-hoc scores N configurations per Ray actor call, each still "
+                        "one Optuna trial and one MLflow run (default 4; 0: one Ray Tune trial per configuration)")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="Optuna RDB storage of the sweep's study (default: optuna.db beside a SQLite MLflow store, "
+                        "else in --storage-path); open it with optuna-dashboard URL")
 
 
 def _cmd_sweep(args) -> int:
@@ -86,7 +92,7 @@ def _cmd_sweep(args) -> int:
             max_failures=args.max_failures, scheduler=args.scheduler, grace_period=args.grace_period,
             reduction_factor=args.reduction_factor, report_seconds=args.report_seconds, objectives=args.objective,
             seeds=args.seeds, seeds_every_trial=args.seeds_every_trial, figures=not args.no_figures,
-            quiet=args.quiet))
+            quiet=args.quiet, batch_size=args.batch_size, optuna_storage=args.optuna_storage))
     result = run(prep)
     print_summary(result, prep.space.metric)
     if result.interrupted:
@@ -144,10 +150,48 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--server", action="store_true",
                     help="run `mlflow server` (REST API for sweeps on other machines) instead of `mlflow ui`")
+    _benchmark_parser(sub)
     from orchestrator.tracking import report
 
     report.add_parser(sub)
     return parser
+
+
+def _benchmark_parser(sub) -> None:
+    p = sub.add_parser("benchmark", help="run a study (entries × benchmarks × seeds) and write its leaderboard",
+                       description="Run every sweep of STUDY.yaml in one Ray job and write a leaderboard with paired "
+                                   "bootstrap intervals against each entry's baseline. Running it again continues "
+                                   "the study. Format: docs/benchmark.md.")
+    p.add_argument("study", metavar="STUDY.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print the sweeps, trials and trainings; run nothing")
+    p.add_argument("--out", help="leaderboard folder (default: <storage-path>/<study>)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
+    p.add_argument("--storage-path", help="results folder (default: ./ray_results)")
+    p.add_argument("--address", help="existing Ray cluster address, e.g. auto (default: start a local one)")
+    p.add_argument("--data-root", help="folder holding datasets")
+    p.add_argument("--cache-dir", help="model/feature cache (default: $OODSWEEP_CACHE or ~/.cache/oodsweep)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: each YAML's, else 1)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default: each YAML's, else 0)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray instance (default: detected)")
+    p.add_argument("--experiment", default="oodsweep", help="MLflow experiment name (default oodsweep)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.add_argument("--no-figures", action="store_true", help="skip each sweep's figures (the leaderboard's stays)")
+
+
+def _cmd_benchmark(args) -> int:
+    from orchestrator.benchmark.run import run
+
+    common = dict(tracking_uri=args.tracking_uri, storage_path=args.storage_path, address=args.address,
+                  data_root=args.data_root, cache_dir=args.cache_dir, cpus_per_trial=args.cpus_per_trial,
+                  gpus_per_trial=args.gpus_per_trial, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                  experiment=args.experiment, dashboard=not args.no_dashboard, figures=not args.no_figures)
+    return run(args.study, common, dry_run=args.dry_run, out=args.out, argv=sys.argv[1:] if argv_is_cli() else None)
+
+
+def argv_is_cli() -> bool:
+    """True when this process was started as ``python -m orchestrator`` (so sys.argv is the command)."""
+    return bool(sys.argv) and sys.argv[0].endswith(("__main__.py", "oodsweep"))
 
 
 def _cmd_ui(args) -> int:
@@ -209,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from orchestrator.tracking import report
 
-        return {"sweep": _cmd_sweep, "list": _cmd_list, "ui": _cmd_ui, "report": report.run}[args.command](args)
+        return {"sweep": _cmd_sweep, "list": _cmd_list, "ui": _cmd_ui, "report": report.run,
+                "benchmark": _cmd_benchmark}[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

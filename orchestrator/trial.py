@@ -197,14 +197,54 @@ def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
         known = shared["outputs"]
         persist = lambda name, fmap, compute: known.get((name, fmap)) or cache.outputs(key, name, fmap, compute)  # noqa: E731
     store = OutputStore(model, bench, device, persist=persist)
+    result = evaluate(method, params, store, settings, shared if shared and shared.get("key") == key else None)
+    result.update({"model_key": key, "trained_model": trained_here, "trial_seconds": time.time() - started})
+    return result
+
+
+def evaluate(method: Method, params: Params, store: OutputStore, settings: TrialSettings,
+             shared: dict | None = None) -> dict[str, Any]:
+    """Fit the scorer of ``params`` on ``store``'s network, validate, and evaluate the test matrix."""
     scorer = fit_scorer(method.scorer(params), store)
-    if shared and shared.get("key") == key and shared.get("work") is not None:
+    if shared and shared.get("work") is not None:
         scorer.adopt(shared["work"])
     result = validate(scorer, store, settings.convention)
     matrix = test_matrix(scorer, store, settings.convention)
     result.update(matrix.flat())
-    result.update({"matrix_json": json.dumps(matrix.to_json()), "model_key": key, "trained_model": trained_here,
-                   "epoch": int(params["epochs"]), "final": True, "trial_seconds": time.time() - started})
+    result.update({"matrix_json": json.dumps(matrix.to_json()), "epoch": int(params["epochs"]), "final": True})
     return result
 
 
+class PosthocEvaluator:
+    """Evaluates many post-hoc configurations of one method on one network, which it loads once.
+
+    A post-hoc search whose knobs never change the network runs its configurations through one of these per
+    worker (see :mod:`orchestrator.sweep.batched`): loading the model and opening its outputs once instead of per
+    trial is most of what a post-hoc trial cost besides scoring. ``shared`` is :func:`shared_outputs`' result.
+    """
+
+    def __init__(self, bench: Benchmark, settings: TrialSettings, shared: dict[str, Any]):
+        self.bench, self.settings, self.shared = bench, settings, shared
+        self.method = methods.get(settings.method)
+        self._store: OutputStore | None = None
+
+    def _open(self, params: Params) -> OutputStore:
+        if self._store is None:
+            cache = ModelCache(self.settings.cache_dir)
+            model, key, _ = obtain_model(self.method, params, self.bench, self.settings, pick_device(), cache)
+            if key != self.shared["key"]:
+                raise RuntimeError(f"configuration needs network {key}, but this evaluator holds "
+                                   f"{self.shared['key']}: a searched knob changes the network")
+            known = self.shared["outputs"]
+            persist = lambda name, fmap, compute: known.get((name, fmap)) or cache.outputs(key, name, fmap, compute)  # noqa: E731
+            self._store = OutputStore(model.eval(), self.bench, pick_device(), persist=persist)
+        return self._store
+
+    def __call__(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        started = time.time()
+        seed_everything(self.settings)
+        params = trial_params(self.method, config, self.bench)
+        result = evaluate(self.method, params, self._open(params), self.settings, self.shared)
+        result.update({"model_key": self.shared["key"], "trained_model": False,
+                       "trial_seconds": time.time() - started})
+        return result

@@ -4,7 +4,8 @@ Ray Tune stops gracefully on its own SIGINT handler (trials stopped, experiment 
 returns like a finished one, and SIGTERM it does not handle at all. :class:`StopSignals` takes both signals for
 the whole sweep: while Tune runs, the first one is passed on as SIGUSR1 — the stop request Tune always listens to —
 and remembered, so the sweep can mark its runs KILLED and exit 130 (SIGINT) or 143 (SIGTERM); outside Tune's loop
-(preparing the shared classifier, seed repeats, figures) or on a second signal it interrupts at once.
+(preparing the shared classifier, seed repeats, figures) or on a second signal it interrupts at once. The batched
+post-hoc loop (:mod:`orchestrator.sweep.batched`) polls the first signal instead (:meth:`StopSignals.polled`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class StopSignals:
     def __init__(self):
         self.received: str | None = None
         self._tune_running = False
+        self._polled = False
         self._previous: dict[int, object] = {}
         self._saved_env: str | None = None
 
@@ -57,6 +59,8 @@ class StopSignals:
         if first and self._tune_running:
             os.kill(os.getpid(), signal.SIGUSR1)  # Tune: stop every trial, save the experiment state, return
             return
+        if first and self._polled:
+            return  # the loop that polls ``received`` stops at its next check
         raise KeyboardInterrupt(self.received)
 
     @contextlib.contextmanager
@@ -67,6 +71,15 @@ class StopSignals:
             yield
         finally:
             self._tune_running = False
+
+    @contextlib.contextmanager
+    def polled(self):
+        """While a loop of ours runs that checks ``received`` often, a first signal only sets it."""
+        self._polled = True
+        try:
+            yield
+        finally:
+            self._polled = False
 
     @property
     def exit_code(self) -> int:

@@ -18,7 +18,8 @@ from orchestrator.errors import UsageError
 from orchestrator.knobs import KnobError
 from orchestrator.metrics import CONVENTIONS
 from orchestrator.registry import UnknownEntry
-from orchestrator.sweep import state
+from orchestrator.sweep import state, study
+from orchestrator.sweep.batched import BATCH_SIZE
 from orchestrator.tracking import runs
 from orchestrator.trial import TrialSettings
 
@@ -63,6 +64,13 @@ class SweepOptions:
     seeds_every_trial: bool = False
     figures: bool = True
     quiet: bool = False
+    #: Configurations per actor call of a post-hoc sweep (None: batched.BATCH_SIZE; 0: one Tune trial each).
+    batch_size: int | None = None
+    #: The MLflow run of the study this sweep belongs to (python -m orchestrator benchmark), and its name.
+    study_run_id: str | None = None
+    study: str | None = None
+    #: Optuna RDB URL of the sweep's study (None: beside the MLflow store, see orchestrator.sweep.study).
+    optuna_storage: str | None = None
 
 
 
@@ -83,6 +91,11 @@ class Prepared:
     resume: dict[str, Any] | None = None  # the saved state of the sweep being resumed
     #: Lines the sweep prints before it starts (what prepare decided for the user).
     notes: list[str] = field(default_factory=list)
+    #: Configurations per actor call when every searched knob is post-hoc (orchestrator.sweep.batched), else 0:
+    #: one Ray Tune trial per configuration.
+    batch_size: int = 0
+    #: Optuna storage URL of the sweep's study (None: kept in Tune's searcher state only).
+    study_storage: str | None = None
 
     @property
     def experiment_path(self) -> str:
@@ -96,7 +109,7 @@ class Prepared:
                              data_fingerprint=self.bench.fingerprint())
 
 
-def prepare(opts: SweepOptions) -> Prepared:
+def prepare(opts: SweepOptions, resuming: bool = False) -> Prepared:
     """Validate everything and load the data; raises UsageError with one clear line."""
     try:
         method = methods.get(opts.method)
@@ -182,15 +195,21 @@ def prepare(opts: SweepOptions) -> Prepared:
         _check_storage(Path(storage))
     if opts.address:
         _check_address(opts.address)
+    if opts.batch_size is not None and opts.batch_size < 0:
+        raise UsageError(f"--batch-size must be 0 (one Tune trial per configuration) or more, got {opts.batch_size}")
+    study_url = study.storage_url(opts.optuna_storage, uri, storage)
+    study.check(study_url, name, resume=resuming)
     num_samples = opts.num_samples or smoke.get("num_samples") or space.num_samples
     notes = []
     if not space.knobs and num_samples > 1:
         notes.append(f"{method.name} searches no knob: running 1 trial ({num_samples} would be identical; "
                      f"--seeds N repeats it with other seeds)")
         num_samples = 1
+    posthoc = not method.trains() and not any(k.name in method.network_knobs() for k in space.knobs)
+    batch_size = (BATCH_SIZE if opts.batch_size is None else opts.batch_size) if posthoc else 0
     return Prepared(opts, space, bench, name, uri, storage, num_samples,
                     opts.max_concurrent or smoke.get("max_concurrent") or space.max_concurrent, fixed, resources,
-                    notes=notes)
+                    notes=notes, batch_size=batch_size, study_storage=study_url)
 
 
 def prepare_resume(target: str, storage_path: str | None = None, **overrides) -> Prepared:
@@ -200,7 +219,7 @@ def prepare_resume(target: str, storage_path: str | None = None, **overrides) ->
     state.check_trusted(folder)
     opts = SweepOptions(**{**saved["options"], **{k: v for k, v in overrides.items() if v is not None}})
     opts.name, opts.storage_path = folder.name, str(folder.parent)
-    prep = prepare(opts)
+    prep = prepare(opts, resuming=True)
     prep.resume = saved
     return prep
 

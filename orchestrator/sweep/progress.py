@@ -86,3 +86,45 @@ class ProgressPrinter(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._count(trials, trial, "ERROR")
         self._line(f"{trial.trial_id} FAILED (see its MLflow run / {trial.local_path})")
+
+
+class BatchProgress:
+    """The same lines for a batched post-hoc sweep (:mod:`orchestrator.sweep.batched`), one per finished batch
+    rather than per configuration (hundreds of configurations finish in seconds)."""
+
+    def __init__(self, metric: str, mode: str, total: int, quiet: bool = False,
+                 heartbeat_seconds: float = HEARTBEAT_SECONDS):
+        self.lines = ProgressPrinter(metric, mode, total, quiet, heartbeat_seconds)
+        self.heartbeat_seconds = heartbeat_seconds
+        self.running = 0
+        self._finished: list[str] = []
+
+    def update(self, outcomes) -> None:
+        """Counts and best from every configuration that ended (a resumed sweep's earlier ones included)."""
+        self.lines.done = sum(o.error is None for o in outcomes)
+        self.lines.failed = sum(o.error is not None for o in outcomes)
+        for o in outcomes:
+            if o.error is None:
+                self.lines._consider(o.metrics.get(self.lines.metric), o.trial_id)
+
+    def finished(self, trial_id: str, result: dict) -> None:
+        self.lines.done += 1
+        self.lines._consider(result.get(self.lines.metric), trial_id)
+        self._finished.append(trial_id)
+
+    def failed(self, trial_id: str) -> None:
+        self.lines.failed += 1
+        self.lines.running = self.running
+        self.lines._line(f"{trial_id} FAILED (see its MLflow run)")
+
+    def batch_done(self) -> None:
+        self.lines.running = self.running
+        if self._finished:
+            ids = self._finished
+            self.lines._line(f"{ids[0]}{'-' + ids[-1] if len(ids) > 1 else ''} finished")
+            self._finished = []
+
+    def heartbeat(self) -> None:
+        if time.time() - self.lines.last_line >= self.heartbeat_seconds and self.running:
+            self.lines.running = self.running
+            self.lines._line(f"scoring {self.running} configuration(s)")

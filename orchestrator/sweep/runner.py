@@ -20,9 +20,10 @@ import methods
 from orchestrator import search_space
 from orchestrator.errors import UsageError
 from orchestrator.metrics import OODMatrix
-from orchestrator.sweep import scheduling, state
+from orchestrator.sweep import scheduling, state, study
 from orchestrator.sweep.interrupt import StopSignals
 from orchestrator.sweep.prepare import Prepared, SweepOptions
+from orchestrator.tracking.runs import STUDY_TAG
 
 
 @dataclass
@@ -44,6 +45,8 @@ class SweepResult:
     interrupted: str | None = None
     #: The command that continues this sweep.
     resume_command: str = ""
+    #: Optuna storage URL holding the sweep's study (named after the sweep); None when it has none.
+    study_storage: str | None = None
 
 
 #: Loggers of the libraries a sweep drives; their records go to the sweep's log file, not to the terminal.
@@ -194,6 +197,8 @@ def _open_parent_run(prep: Prepared, method, tags: dict[str, str]):
                           "gpus_per_trial": prep.resources["gpu"],
                           **{f"fixed.{k}": v for k, v in prep.fixed.items()}})
     sweep_run.set_tags(tags)
+    if opts.study_run_id:  # a sweep of a study (python -m orchestrator benchmark): nested under the study's run
+        sweep_run.set_tags({"mlflow.parentRunId": opts.study_run_id, STUDY_TAG: opts.study or ""})
     sweep_run.log_dict({**space.as_dict(), "fixed": prep.fixed}, "search_space.json")
     return sweep_run, None
 
@@ -236,23 +241,28 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     status = "FAILED"
     logger = None
     result = SweepResult(prep.name, sweep_run.run_id, prep.tracking_uri, prep.experiment_path,
-                         resume_command=resume_command(prep))
+                         resume_command=resume_command(prep), study_storage=prep.study_storage)
     try:
         settings = prep.trial_settings()
         shared, prepared_network = _prewarm(method, space, prep.fixed, bench, settings, prep.resources, opts)
-        trainable = tune.with_resources(
-            tune.with_parameters(tune_trainable, bench=bench, settings=settings.as_dict(), shared=shared,
-                                 reporting=scheduling.report_policy(prep)),
-            dict(prep.resources))
         logger = MLflowTrialLogger(sweep_run, tags=tags)
-        progress = ProgressPrinter(space.metric, space.mode, prep.num_samples, quiet=opts.quiet)
-        run_config = tune.RunConfig(name=prep.name, storage_path=prep.storage_path, callbacks=[logger, progress],
-                                    verbose=0, failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-        tuner = _tuner(prep, trainable, run_config)
-        status_before = None  # from here on, the sweep's own outcome is what its parent run records
-        with signals.tune_running():
-            grid = tuner.fit()
+        if prep.batch_size and shared is not None:
+            status_before = None  # from here on, the sweep's own outcome is what its parent run records
+            grid = _run_batched(prep, shared, logger, signals)
+        else:
+            trainable = tune.with_resources(
+                tune.with_parameters(tune_trainable, bench=bench, settings=settings.as_dict(), shared=shared,
+                                     reporting=scheduling.report_policy(prep)),
+                dict(prep.resources))
+            progress = ProgressPrinter(space.metric, space.mode, prep.num_samples, quiet=opts.quiet)
+            run_config = tune.RunConfig(name=prep.name, storage_path=prep.storage_path,
+                                        callbacks=[logger, progress], verbose=0,
+                                        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+            tuner = _tuner(prep, trainable, run_config)
+            status_before = None  # from here on, the sweep's own outcome is what its parent run records
+            with signals.tune_running():
+                grid = tuner.fit()
         result = _summarise(prep, grid, sweep_run, started, result)
         result.networks.update(prepared_network)
         if signals.received:
@@ -265,7 +275,8 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
         if opts.figures and result.best_matrix is not None:
             from orchestrator.tracking.figures import log_sweep_figures
 
-            for note in log_sweep_figures(prep, result, sweep_run.client, settings):
+            stored = study.load(prep.study_storage, prep.name) if prep.study_storage else None
+            for note in log_sweep_figures(prep, result, sweep_run.client, settings, stored):
                 _say(opts, f"figures: {note}")
         status = "FINISHED" if result.best_matrix is not None else "FAILED"
         return result
@@ -303,12 +314,29 @@ def _tuner(prep: Prepared, trainable, run_config):
     modes = [d for _, d in space.objectives]
     searcher = OptunaSearch(space=search_space.DefineByRun(space.knobs, prep.fixed),
                             metric=metrics if multi else space.metric, mode=modes if multi else space.mode,
-                            sampler=optuna.samplers.TPESampler(seed=opts.seed))
+                            sampler=optuna.samplers.TPESampler(seed=opts.seed), study_name=prep.name,
+                            storage=study.storage_for_tune(prep.study_storage))
     tune_config = tune.TuneConfig(search_alg=searcher, num_samples=prep.num_samples,
                                   max_concurrent_trials=prep.max_concurrent, reuse_actors=True,
                                   scheduler=scheduling.scheduler(prep),
                                   metric=None if multi else space.metric, mode=None if multi else space.mode)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def _run_batched(prep: Prepared, shared, logger, signals):
+    """A post-hoc search in batches on Ray actors (see :mod:`orchestrator.sweep.batched`)."""
+    from orchestrator.sweep import batched
+    from orchestrator.sweep.progress import BatchProgress
+
+    space, opts = prep.space, prep.opts
+    stored = study.open_study(prep.study_storage, prep.name, space.objectives, opts.seed)
+    logger.setup()
+    logger.writes.start_thread()  # MLflow runs and stored trials are written while the next batches are scored
+    progress = BatchProgress(space.metric, space.mode, prep.num_samples, quiet=opts.quiet)
+    _say(opts, f"Post-hoc knobs only: configurations run in batches of {prep.batch_size} on "
+               f"{prep.max_concurrent} Ray actor(s) holding the shared network (--batch-size 0: one Tune trial each)")
+    with signals.polled():
+        return batched.run(prep, shared, stored, logger, progress, signals, prep.batch_size)
 
 
 def resume_command(prep: Prepared) -> str:

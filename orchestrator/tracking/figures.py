@@ -1,6 +1,8 @@
 """Figures logged as MLflow artifacts (matplotlib, Agg backend; each renders in well under a second).
 
-Per trial (:func:`log_trial_figures`): ``ood_matrix_heatmap.png``, the OOD metric matrix as a heatmap.
+Per trial (:func:`log_trial_figures`): ``ood_matrix_heatmap.png``, the OOD metric matrix as a heatmap — drawn for
+the best trial at the end of a sweep (and for seed repeats), not for every trial: one figure costs the driver
+more than scoring a post-hoc configuration.
 
 Per sweep, on the parent run (:func:`log_sweep_figures`), under ``figures/``:
 
@@ -8,7 +10,8 @@ Per sweep, on the parent run (:func:`log_sweep_figures`), under ``figures/``:
 - ``best_score_histograms.png`` and ``best_roc_curves.png`` — ID-test vs each OOD test set, from the best
   configuration's scores recomputed on the driver (the model cache makes that a load plus a scorer call);
 - ``optuna_history.png``, ``optuna_parallel_coordinate.png``, ``optuna_param_importances.png`` — Optuna's own
-  plots of a study rebuilt from the child runs (params + final validation metric). A plot that cannot be drawn
+  plots of the sweep's stored study (rebuilt from the child runs — params + final validation metric — for a sweep
+  without one). A plot that cannot be drawn
   (one trial, no searched knob) is skipped; ``figures/notes.txt`` says why.
 """
 from __future__ import annotations
@@ -86,6 +89,17 @@ def heatmap_figure(matrix: OODMatrix, title: str | None = None):
 def log_trial_figures(client, run_id: str, matrix: OODMatrix) -> None:
     """Log ``ood_matrix_heatmap.png`` to a trial's run (call next to the matrix CSV/JSON artifacts)."""
     _log(client, run_id, heatmap_figure(matrix), "ood_matrix_heatmap.png")
+
+
+def _child_run(client, parent_run_id: str, trial_id: str) -> str | None:
+    """The run id of the sweep's child run for ``trial_id`` (not a seed repeat), or None."""
+    from orchestrator.tracking.runs import SEED_REPEAT_TAG, TRIAL_TAG
+
+    parent = client.get_run(parent_run_id)
+    found = client.search_runs([parent.info.experiment_id],
+                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+                                             f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=5)
+    return next((r.info.run_id for r in found if r.data.tags.get(SEED_REPEAT_TAG) != "true"), None)
 
 
 # ---------------------------------------------------------------- the best trial's scores
@@ -228,18 +242,21 @@ def log_optuna_figures(client, run_id: str, study, metric: str) -> list[str]:
     import optuna.visualization.matplotlib as ovm
 
     notes = []
-    n = len(study.trials)
-    searched = sorted({k for t in study.trials for k in t.params})
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    n = len(complete)
+    searched = sorted({k for t in complete for k in t.params})
+    # A multi-objective study is plotted on its first objective (the sweep's metric).
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
     # rc_context: Optuna's plots call plt.style.use("ggplot"), which would otherwise leak into every later figure
     with warnings.catch_warnings(), plt.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", UserWarning)  # e.g. identical axis limits when every trial has one value
         if n == 0:
             return ["no finished trial with the validation metric: no Optuna plots"]
-        ax = ovm.plot_optimization_history(study, target_name=metric)
+        ax = ovm.plot_optimization_history(study, target=target, target_name=metric)
         _log(client, run_id, _fit(ax.figure), "figures/optuna_history.png")
         if searched:
-            ax = ovm.plot_parallel_coordinate(study, target_name=metric)
+            ax = ovm.plot_parallel_coordinate(study, target=target, target_name=metric)
             _log(client, run_id, _fit(ax.figure), "figures/optuna_parallel_coordinate.png")
         else:
             notes.append("parallel coordinates skipped: the search space has no searched knob")
@@ -248,7 +265,7 @@ def log_optuna_figures(client, run_id: str, study, metric: str) -> list[str]:
                          f"(have {n} trial(s), {len(searched)} knob(s))")
         else:
             try:
-                ax = ovm.plot_param_importances(study, target_name=metric)
+                ax = ovm.plot_param_importances(study, target=target, target_name=metric)
                 _log(client, run_id, _fit(ax.figure), "figures/optuna_param_importances.png")
             except Exception as exc:  # noqa: BLE001 - e.g. every trial has the same value
                 plt.close("all")
@@ -264,9 +281,10 @@ def _fit(fig):
 
 
 # ---------------------------------------------------------------- the sweep
-def log_sweep_figures(prep, result, client=None, settings=None) -> list[str]:
+def log_sweep_figures(prep, result, client=None, settings=None, study=None) -> list[str]:
     """Log the sweep's figures to its parent run (see the module doc); returns notes on what was skipped.
 
+    ``study``: the sweep's stored Optuna study (rebuilt from the child runs when None).
     Never raises for a figure: a failure becomes a note (a sweep's results matter more than its pictures).
     """
     from orchestrator.tracking.runs import client_for
@@ -279,6 +297,10 @@ def log_sweep_figures(prep, result, client=None, settings=None) -> list[str]:
         try:
             _log(client, run_id, heatmap_figure(result.best_matrix, "Best trial: OOD metric matrix (%)"),
                  "figures/best_ood_matrix_heatmap.png")
+            best_id = client.get_run(run_id).data.tags.get("best_trial_id", "")
+            best_child = _child_run(client, run_id, best_id) if best_id else None
+            if best_child is not None:
+                log_trial_figures(client, best_child, result.best_matrix)
             s_id, ood = best_scores(prep, result.best_config, settings)
             label = f"{prep.opts.method} on {prep.bench.name}, best configuration (test sets)"
             _log(client, run_id, histogram_figure(s_id, ood, label), "figures/best_score_histograms.png")
@@ -289,7 +311,8 @@ def log_sweep_figures(prep, result, client=None, settings=None) -> list[str]:
     else:
         notes.append("no finished trial: no best-trial figures")
     try:
-        study = study_from_runs(client, run_id, prep.space, prep.fixed)
+        if study is None:
+            study = study_from_runs(client, run_id, prep.space, prep.fixed)
         notes += log_optuna_figures(client, run_id, study, prep.space.metric)
     except Exception as exc:  # noqa: BLE001
         plt.close("all")

@@ -26,6 +26,7 @@ TRIAL_TAG = "oodsweep.trial_id"
 SEED_REPEAT_TAG = "oodsweep.seed_repeat"
 SOURCE_TRIAL_TAG = "oodsweep.source_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+STUDY_TAG = "oodsweep.study"
 
 #: Leaderboard value columns -> the MLflow metric each is read from.
 METRICS = {
@@ -108,7 +109,9 @@ def sweep_records(tracking_uri: str, sweeps: list[str] | None = None, experiment
     out = []
     for parent in runs:
         tags, params = parent.data.tags, parent.data.params
-        if PARENT_TAG in tags or SWEEP_TAG not in tags or (wanted and tags[SWEEP_TAG] not in wanted):
+        # A sweep's parent run has no parent, unless it is one of a study's sweeps (nested under the study's run).
+        nested = PARENT_TAG in tags and STUDY_TAG not in tags
+        if nested or SWEEP_TAG not in tags or (wanted and tags[SWEEP_TAG] not in wanted):
             continue
         metric, mode = _objective(params)
         kids = children.get(parent.info.run_id, [])

@@ -19,6 +19,8 @@ from typing import Any
 from orchestrator.metrics import OODMatrix
 
 TRIAL_TAG = "oodsweep.trial_id"
+#: Tag of a study's parent run and of the sweeps nested under it (python -m orchestrator benchmark).
+STUDY_TAG = "oodsweep.study"
 #: Per-epoch metrics of a trial are written at most this often (the final result and the end of a trial at once).
 FLUSH_SECONDS = 5.0
 SWEEP_TAG = "oodsweep.sweep"
@@ -120,13 +122,17 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
 class SweepRun:
     """The sweep's parent MLflow run."""
 
-    def __init__(self, uri: str, experiment: str, sweep_name: str, run_id: str | None = None):
+    def __init__(self, uri: str, experiment: str, sweep_name: str, run_id: str | None = None,
+                 tags: dict[str, str] | None = None):
+        """A new run named ``sweep_name`` (tags: ``oodsweep.sweep``, or ``tags`` — a study's run is no sweep), or
+        the existing ``run_id``."""
         self.uri = uri
         self.client = client_for(uri)
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         if run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=sweep_name, tags={SWEEP_TAG: sweep_name})
+            run = self.client.create_run(self.experiment_id, run_name=sweep_name,
+                                         tags={SWEEP_TAG: sweep_name} if tags is None else tags)
             run_id = run.info.run_id
         self.run_id = run_id
 
@@ -169,8 +175,7 @@ def log_matrix_artifacts(client, run_id: str, matrix: OODMatrix) -> None:
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "ood_matrix.csv").write_text(matrix.to_csv())
         (Path(folder) / "ood_matrix.json").write_text(json.dumps(matrix.to_json(), indent=1))
-        client.log_artifact(run_id, str(Path(folder) / "ood_matrix.csv"))
-        client.log_artifact(run_id, str(Path(folder) / "ood_matrix.json"))
+        client.log_artifacts(run_id, folder)
 
 
 def typed_config(space, fixed: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:

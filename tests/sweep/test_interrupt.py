@@ -46,7 +46,7 @@ def _statuses(cwd):
     return [r.info.status for r in parents], sorted(r.info.status for r in children)
 
 
-LONG = ["ascood", "--smoke-test", "--epochs", "400", "--no-dashboard", "--no-figures", "--num-cpus", "2"]
+LONG = ["ascood", "--smoke-test", "--epochs", "150", "--no-dashboard", "--no-figures", "--num-cpus", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_sigterm_exits_143_and_kills_the_runs(tmp_path):
 def _finished_sweep(cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OODSWEEP_CACHE": str(cwd / "cache"), "RAY_USAGE_STATS_ENABLED": "0"}
     res = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "energy", "--smoke-test", "--no-dashboard",
-                          "--no-figures", "--name", "done"], cwd=cwd, env=env, capture_output=True, text=True,
+                          "--no-figures", "--batch-size", "0", "--name", "done"], cwd=cwd, env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     return env

@@ -48,3 +48,7 @@ def test_ascood_smoke_sweep_logs_parent_children_and_matrix(workdir):
     assert parent.data.metrics["best/val/auroc"] == pytest.approx(best.data.metrics["val/auroc"])
     assert parent.data.metrics["best/near/auroc"] == pytest.approx(best.data.metrics["near/auroc"])
     assert parent.data.params["best.p_inv"] == best.data.params["p_inv"]
+    import optuna  # the Tune path stores its Optuna study beside the MLflow store too
+
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2

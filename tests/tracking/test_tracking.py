@@ -48,10 +48,10 @@ def test_events_survive_a_dropped_server_and_resume_finds_existing_children(tmp_
     logger.on_trial_result(0, [], t1, _final())
     t1.last_result = _final()
     logger.on_trial_complete(0, [], t1)
-    assert len(logger.queue) == 3  # nothing written, nothing dropped
+    assert len(logger.writes) == 3  # nothing written, nothing dropped
     logger.client = working  # ... and comes back
     logger.on_experiment_end([t1, t2])
-    assert logger.queue == []
+    assert len(logger.writes) == 0
     client = MlflowClient(tracking_uri=uri)
     runs = {r.data.tags["oodsweep.trial_id"]: r for r in client.search_runs([sweep.experiment_id])
             if "oodsweep.trial_id" in r.data.tags}

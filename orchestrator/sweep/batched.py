@@ -1,0 +1,215 @@
+"""Post-hoc sweeps in batches: Optuna asks, Ray actors score, MLflow records — one trial per configuration.
+
+A post-hoc configuration costs milliseconds to score, while a Ray Tune trial costs a trial's bookkeeping on the
+driver (and the trial used to reload the network): measured at 8-17x Tune + Optuna's own per-trial floor. When
+every searched knob is post-hoc (the network is fixed), the sweep instead keeps ``max_concurrent`` Ray actors,
+each holding the shared network and its outputs (read once from the object store), and sends each a batch of
+configurations that the driver asked Optuna for (``study.ask``; TPE treats the batch's pending trials with its
+constant liar). Each configuration is still one Optuna trial (told its objectives) and one MLflow child run, with
+the same metrics and matrix artifacts as a Tune trial. ``--batch-size 0`` runs post-hoc sweeps through Tune.
+
+Failure and stopping follow the Tune path: a configuration that raises is a FAILED run and a FAIL Optuna trial;
+a lost actor is replaced and its batch resubmitted, up to ``--max-failures`` times; SIGINT/SIGTERM stop the
+submission loop, in-flight configurations become KILLED runs and FAIL trials (user attribute ``stopped``), and
+``--resume`` continues the stored study with the trials that are left.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Configurations per actor call: small enough that TPE sees results often, large enough that a call's round trip
+#: (a few ms) is spread. ``--batch-size`` overrides it.
+BATCH_SIZE = 4
+#: How often the loop looks at the signals while batches run.
+POLL_SECONDS = 0.5
+#: Optuna user attribute of a trial that the user stopped (it is told FAIL: Optuna has no "killed" state).
+STOPPED_ATTR = "stopped"
+#: Optuna user attribute with the trial's id in MLflow (tag oodsweep.trial_id): the stored study numbers trials in
+#: the order they ended, which differs from the order they were asked.
+TRIAL_ID_ATTR = "trial_id"
+#: Optuna user attribute with a finished configuration's metrics and matrix (what a resumed sweep's summary reads).
+RESULT_ATTR = "result"
+
+
+@dataclass
+class Outcome:
+    """One configuration's end, shaped like a Tune result for the summary (``config``, ``metrics``, ``error``)."""
+
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Outcomes(list):
+    """The finished configurations of a batched sweep, read like Tune's ResultGrid by the summary."""
+
+    def __init__(self, items, experiment_path: str):
+        super().__init__(items)
+        self.experiment_path = experiment_path
+
+    @property
+    def num_errors(self) -> int:
+        return sum(o.error is not None for o in self)
+
+
+class Evaluator:
+    """Ray actor: a :class:`orchestrator.trial.PosthocEvaluator` that scores batches of configurations."""
+
+    def __init__(self, refs: list, settings: dict[str, Any]):
+        import ray
+
+        from orchestrator.trial import PosthocEvaluator, TrialSettings
+
+        # The benchmark and the shared outputs come as references inside a list, fetched here: Ray then does not
+        # count them as constructor arguments it must keep to restart the actor (the driver keeps them alive).
+        bench, shared = ray.get(refs)
+        self.evaluate = PosthocEvaluator(bench, TrialSettings(**settings), shared)
+
+    def run(self, configs: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, str | None]]:
+        out = []
+        for config in configs:
+            try:
+                out.append((self.evaluate(config), None))
+            except Exception as exc:  # noqa: BLE001 - one configuration failing is that trial's end, not the batch's
+                out.append((None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        return out
+
+
+def trial_id(number: int) -> str:
+    return f"{number:05d}"
+
+
+def _compact(result: dict[str, Any]) -> dict[str, Any]:
+    """The numbers and the matrix of a result (no history or bookkeeping strings)."""
+    keep = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {**keep, "matrix_json": result["matrix_json"], "final": True}
+
+
+def _values(result: dict[str, Any], objectives: list[tuple[str, str]]) -> list[float]:
+    return [float(result[metric]) for metric, _ in objectives]
+
+
+def _capacity(prep) -> int:
+    """How many evaluators the cluster can hold at once (an actor that cannot be placed would hold its batch
+    forever; Tune likewise starts only the trials that fit)."""
+    import ray
+
+    total = ray.cluster_resources()
+    needs = {"CPU": prep.resources["cpu"], "GPU": prep.resources["gpu"]}
+    fits = [total.get(name, 0) // need for name, need in needs.items() if need > 0]
+    return max(1, int(min(fits)))
+
+
+def run(prep, shared_ref, stored, logger, progress, signals, batch_size: int) -> Outcomes:
+    """Run the sweep's remaining configurations; returns every finished one (earlier runs of a resumed sweep
+    included). Returns early, with ``signals.received`` set, when the user stops the sweep."""
+    import optuna
+    import ray
+
+    from orchestrator import search_space
+    from orchestrator.tracking.runs import now_ms
+
+    opts, space = prep.opts, prep.space
+    define = search_space.DefineByRun(space.knobs, prep.fixed)
+    # TPE works on an in-memory copy of the study (as it does inside Tune's searcher): asking through an RDB
+    # storage re-reads every running trial per suggestion. Each ended trial is then written to the stored study
+    # (``stored``) on the tracking thread, before its MLflow run; the stored study is behind by what is in flight.
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=opts.seed), directions=stored.directions)
+    done = Outcomes([], prep.experiment_path)
+    for t in stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                       optuna.trial.TrialState.FAIL)):
+        study.add_trial(t)
+        tid, config = t.user_attrs.get(TRIAL_ID_ATTR, trial_id(t.number)), {**prep.fixed, **t.params}
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            done.append(Outcome(tid, config, {**t.user_attrs.get(RESULT_ATTR, {}), "trial_id": tid}))
+        elif "error" in t.user_attrs:  # a FAIL without an error was stopped: the budget still owes it
+            done.append(Outcome(tid, config, error=t.user_attrs["error"]))
+    # New trials get ids after every id used so far (a driver killed mid-batch lost some asked trials' ids).
+    used = [int(o.trial_id) for o in done if o.trial_id.isdigit()]
+    offset = max(0, max(used, default=-1) + 1 - len(study.trials))
+
+    def new_id(number: int) -> str:
+        return trial_id(number + offset)
+
+    def keep(trial) -> None:
+        """Write the ended ``trial`` (of the working study) to the stored one, on the tracking thread."""
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        logger.writes.submit(lambda: stored.add_trial(frozen))
+
+    remaining = prep.num_samples - len(done)
+
+    # Lost actors are replaced here rather than by Ray's max_restarts, which warns on the terminal about actors
+    # whose constructor arguments live in the object store.
+    cls = ray.remote(Evaluator).options(num_cpus=prep.resources["cpu"], num_gpus=prep.resources["gpu"])
+    settings = prep.trial_settings().as_dict()
+    refs = [ray.put(prep.bench), shared_ref]
+    actors = [cls.remote(refs, settings) for _ in range(min(prep.max_concurrent, remaining, _capacity(prep)))]
+    idle = list(actors)
+    running: dict[Any, tuple[Any, list, int]] = {}  # ObjectRef -> (actor, [(optuna trial, config)], attempt)
+    progress.update(done)
+    try:
+        while remaining > 0 or running:
+            while idle and remaining > 0 and not signals.received:
+                batch = []
+                for _ in range(min(batch_size, remaining)):
+                    trial = study.ask()
+                    trial.set_user_attr(TRIAL_ID_ATTR, new_id(trial.number))
+                    config = {**prep.fixed, **(define(trial) or {}), **trial.params}
+                    batch.append((trial, config, now_ms()))
+                remaining -= len(batch)
+                actor = idle.pop()
+                running[actor.run.remote([c for _, c, _ in batch])] = (actor, batch, 0)
+                progress.running = sum(len(b) for _, b, _ in running.values())
+            if signals.received:
+                break
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
+            if not ready:
+                progress.heartbeat()
+                continue
+            actor, batch, attempt = running.pop(ready[0])
+            try:
+                results = ray.get(ready[0])
+            except ray.exceptions.RayActorError as exc:  # the worker or its node was lost: a new actor
+                actors.remove(actor)
+                actor = cls.remote(refs, settings)
+                actors.append(actor)
+                if attempt < opts.max_failures:
+                    running[actor.run.remote([c for _, c, _ in batch])] = (actor, batch, attempt + 1)
+                    continue
+                results = [(None, f"{type(exc).__name__}: {exc} (after {attempt + 1} attempts)")] * len(batch)
+            idle.append(actor)
+            for (trial, config, started), (result, error) in zip(batch, results, strict=True):
+                tid = new_id(trial.number)
+                if error is None:
+                    result = {**result, "trial_id": tid}
+                    trial.set_user_attr(RESULT_ATTR, _compact(result))
+                    study.tell(trial, _values(result, space.objectives))
+                    keep(trial)
+                    logger.record(tid, config, "FINISHED", result, started_ms=started)
+                    done.append(Outcome(tid, config, result))
+                    progress.finished(tid, result)
+                else:
+                    trial.set_user_attr("error", error.splitlines()[0][:1000])
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    keep(trial)
+                    logger.record(tid, config, "FAILED", error=error, started_ms=started)
+                    done.append(Outcome(tid, config, error=error))
+                    progress.failed(tid)
+            progress.running = sum(len(b) for _, b, _ in running.values())
+            progress.batch_done()
+    finally:
+        for _, batch, _ in running.values():  # stopped: what was in flight never finished
+            for trial, config, started in batch:
+                trial.set_user_attr(STOPPED_ATTR, signals.received or "the sweep failed")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                keep(trial)
+                logger.record(new_id(trial.number), config, "KILLED" if signals.received else "FAILED",
+                              started_ms=started)
+        for actor in actors:
+            ray.kill(actor)
+        logger.close([{"trial_id": o.trial_id, "config": o.config, "result": o.metrics, "error": o.error}
+                      for o in done])
+    return done

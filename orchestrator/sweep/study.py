@@ -1,0 +1,84 @@
+"""The sweep's Optuna study, kept in an RDB storage so that it outlives the driver.
+
+Without a storage the study would live only inside Tune's pickled searcher: ``optuna-dashboard`` could not open it
+and figures would have to rebuild it. Default place: beside the MLflow store — ``optuna.db`` in the folder of a
+SQLite tracking store (not inside ``mlflow.db`` itself: both libraries keep their schema version in an
+``alembic_version`` table, which one file cannot hold twice), else ``optuna.db`` in the results folder;
+``--optuna-storage URL`` names any Optuna RDB URL (PostgreSQL/MySQL for a cluster). The study is named after the
+sweep, so ``--resume`` continues it and ``optuna-dashboard URL`` lists every sweep.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.errors import UsageError
+
+STORAGE_FILE = "optuna.db"
+
+
+def storage_url(optuna_storage: str | None, tracking_uri: str, storage_path: str) -> str | None:
+    """The Optuna storage URL of a sweep; None when there is no local place for it (remote results, server
+    tracking, no ``--optuna-storage``): the study then lives in Tune's searcher state only."""
+    if optuna_storage:
+        return optuna_storage
+    if tracking_uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).resolve().parent / STORAGE_FILE}"
+    if "://" not in storage_path:
+        return f"sqlite:///{Path(storage_path) / STORAGE_FILE}"
+    return None
+
+
+def _storage(url: str):
+    import optuna
+
+    # A long SQLite busy timeout: the dashboard or a figure may read while the driver writes.
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def check(url: str | None, name: str, resume: bool) -> None:
+    """Before anything is written: the storage is reachable and, for a new sweep, holds no study of that name."""
+    if url is None:
+        return
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if path.is_dir():
+            raise UsageError(f"--optuna-storage {url}: {path} is a folder, expected a SQLite file")
+        if not path.exists():
+            existing = next((p for p in path.parents if p.exists()), None)
+            if existing is not None and not existing.is_dir():
+                raise UsageError(f"--optuna-storage {url}: {existing} is a file, not a folder")
+            return  # a new file: no study in it yet
+    import optuna
+
+    try:
+        names = optuna.study.get_all_study_names(storage=_storage(url))
+    except Exception as exc:  # noqa: BLE001 - a damaged file, a server that refuses us: one line
+        raise UsageError(f"Optuna storage {url} cannot be opened ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); pass --optuna-storage") from None
+    if not resume and name in names:
+        raise UsageError(f"Optuna storage {url} already holds a study named {name!r}; pick another --name or "
+                         f"--resume {name}")
+
+
+def open_study(url: str | None, name: str, objectives: list[tuple[str, str]], seed: int):
+    """The sweep's study (created, or loaded when it exists: a resumed sweep), seeded TPE."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = ["maximize" if mode == "max" else "minimize" for _, mode in objectives]
+    return optuna.create_study(storage=_storage(url) if url else None, study_name=name,
+                               sampler=optuna.samplers.TPESampler(seed=seed), directions=directions,
+                               load_if_exists=True)
+
+
+def storage_for_tune(url: str | None):
+    """What ``OptunaSearch(storage=...)`` takes (a storage object, not a URL; see RAY_NOTES)."""
+    return _storage(url) if url else None
+
+
+def load(url: str, name: str):
+    """The stored study of a finished sweep (figures, reports)."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=_storage(url))
