@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("MLflow tracking, figures, report", ["orchestrator.tracking", "orchestrator.tracking.*"]),
     ("search spaces", ["orchestrator.search_space"]),
     ("the Ray Tune/Optuna sweep", ["orchestrator.sweep", "orchestrator.sweep.*"]),
+    ("studies: many sweeps and their leaderboard", ["orchestrator.benchmark", "orchestrator.benchmark.*"]),
     ("command line", ["orchestrator.cli", "orchestrator.__main__"]),
 ]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBPACKAGES = ["data", "models", "sweep", "tracking"]
+SUBPACKAGES = ["benchmark", "data", "models", "sweep", "tracking"]
 
 pytestmark = pytest.mark.slow
 

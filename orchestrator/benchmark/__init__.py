@@ -1,0 +1,1 @@
+"""Studies: many sweeps (entries × benchmarks × seeds) in one command, and their leaderboard."""
