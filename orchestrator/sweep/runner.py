@@ -276,7 +276,10 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
             from orchestrator.tracking.figures import log_sweep_figures
 
             stored = study.load(prep.study_storage, prep.name) if prep.study_storage else None
-            for note in log_sweep_figures(prep, result, sweep_run.client, settings, stored):
+            import ray
+
+            prepared = ray.get(shared) if shared is not None else None  # zero-copy from the object store
+            for note in log_sweep_figures(prep, result, sweep_run.client, settings, stored, prepared):
                 _say(opts, f"figures: {note}")
         status = "FINISHED" if result.best_matrix is not None else "FAILED"
         return result

@@ -103,11 +103,13 @@ def _child_run(client, parent_run_id: str, trial_id: str) -> str | None:
 
 
 # ---------------------------------------------------------------- the best trial's scores
-def best_scores(prep, config: dict[str, Any], settings) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
+def best_scores(prep, config: dict[str, Any], settings,
+                shared: dict | None = None) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
     """ID-test scores and {ood set: (group, scores)} of ``config``, recomputed on the driver.
 
     The network comes from the model cache (trained here only when this machine cannot see the cache the
-    trials wrote to); outputs come from the cache too, so this is a scorer fit plus a scorer call.
+    trials wrote to); outputs come from the cache too, so this is a scorer fit plus a scorer call. ``shared``: a
+    post-hoc sweep's prepared outputs and sweep work (e.g. KNN's neighbour tables), used instead of recomputing.
     """
     import functools
 
@@ -124,8 +126,14 @@ def best_scores(prep, config: dict[str, Any], settings) -> tuple[np.ndarray, dic
     device = pick_device()
     cache = ModelCache(opts.cache_dir)
     model, key, _ = obtain_model(method, params, bench, settings, device, cache)
-    store = OutputStore(model.eval(), bench, device, persist=functools.partial(cache.outputs, key))
+    persist = functools.partial(cache.outputs, key)
+    if shared and shared.get("key") == key:
+        known = shared["outputs"]
+        persist = lambda name, fmap, compute: known.get((name, fmap)) or cache.outputs(key, name, fmap, compute)  # noqa: E731
+    store = OutputStore(model.eval(), bench, device, persist=persist)
     scorer = fit_scorer(method.scorer(params), store)
+    if shared and shared.get("key") == key and shared.get("work") is not None:
+        scorer.adopt(shared["work"])
     s_id = score_split(scorer, store, "id_test")
     ood = {name: (group, score_split(scorer, store, f"{group}/{name}"))
            for group, sets in (("near", bench.near), ("far", bench.far)) for name in sets}
@@ -281,10 +289,11 @@ def _fit(fig):
 
 
 # ---------------------------------------------------------------- the sweep
-def log_sweep_figures(prep, result, client=None, settings=None, study=None) -> list[str]:
+def log_sweep_figures(prep, result, client=None, settings=None, study=None, shared=None) -> list[str]:
     """Log the sweep's figures to its parent run (see the module doc); returns notes on what was skipped.
 
-    ``study``: the sweep's stored Optuna study (rebuilt from the child runs when None).
+    ``study``: the sweep's stored Optuna study (rebuilt from the child runs when None); ``shared``: a post-hoc
+    sweep's prepared outputs (see :func:`best_scores`).
     Never raises for a figure: a failure becomes a note (a sweep's results matter more than its pictures).
     """
     from orchestrator.tracking.runs import client_for
@@ -301,7 +310,7 @@ def log_sweep_figures(prep, result, client=None, settings=None, study=None) -> l
             best_child = _child_run(client, run_id, best_id) if best_id else None
             if best_child is not None:
                 log_trial_figures(client, best_child, result.best_matrix)
-            s_id, ood = best_scores(prep, result.best_config, settings)
+            s_id, ood = best_scores(prep, result.best_config, settings, shared)
             label = f"{prep.opts.method} on {prep.bench.name}, best configuration (test sets)"
             _log(client, run_id, histogram_figure(s_id, ood, label), "figures/best_score_histograms.png")
             _log(client, run_id, roc_figure(s_id, ood, f"ROC: {label}"), "figures/best_roc_curves.png")
