@@ -62,6 +62,13 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--seeds-every-trial", action="store_true", help="with --seeds: re-run every trial's configuration")
     p.add_argument("--no-figures", action="store_true", help="skip the sweep's figures (heatmap, ROC, Optuna plots)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--model", metavar="SPEC",
+                   help="score your own network instead of training one (post-hoc methods): torchvision:NAME, "
+                        "timm:NAME, openood:resnet18_32x32|resnet18_224x224, or package.module:function")
+    p.add_argument("--weights", metavar="FILE", help="--model's state dict (loaded with weights_only=True)")
+    p.add_argument("--model-layers", metavar="HEAD[,FEATURE_MAP]",
+                   help="--model's final linear layer and last feature-map layer (default: fc,layer4 for ResNets, "
+                        "else the last nn.Linear)")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="a search whose knobs are all post-hoc scores N configurations per Ray actor call, each still "
                         "one Optuna trial and one MLflow run (default 4; 0: one Ray Tune trial per configuration)")
@@ -92,7 +99,8 @@ def _cmd_sweep(args) -> int:
             max_failures=args.max_failures, scheduler=args.scheduler, grace_period=args.grace_period,
             reduction_factor=args.reduction_factor, report_seconds=args.report_seconds, objectives=args.objective,
             seeds=args.seeds, seeds_every_trial=args.seeds_every_trial, figures=not args.no_figures,
-            quiet=args.quiet, batch_size=args.batch_size, optuna_storage=args.optuna_storage))
+            quiet=args.quiet, batch_size=args.batch_size, optuna_storage=args.optuna_storage, model=args.model,
+            weights=args.weights, model_layers=args.model_layers))
     result = run(prep)
     print_summary(result, prep.space.metric)
     if result.interrupted:

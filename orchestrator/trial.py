@@ -27,6 +27,7 @@ from orchestrator.cache import ModelCache, config_key
 from orchestrator.data.base import Benchmark
 from orchestrator.evaluation import OutputStore, fit_scorer, test_matrix, validate
 from orchestrator.knobs import Params
+from orchestrator.models import external
 from orchestrator.models.backbones import build_classifier
 from orchestrator.recipe import RECIPE_KNOBS
 from orchestrator.training import ModelProvider, Trainer, pick_device
@@ -52,6 +53,9 @@ class TrialSettings:
     convention: str = "classic"
     threads: int = 1
     data_fingerprint: str = ""
+    #: A user's network (``--model``): the fields of :class:`orchestrator.models.external.ModelSpec`; None: the
+    #: network is trained here.
+    model: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values (what travels to Ray workers and back into ``TrialSettings(**d)``)."""
@@ -84,6 +88,8 @@ def obtain_model(method: Method, params: Params, bench: Benchmark, settings: Tri
 
     Returns (model on ``device``, cache key, whether this call trained it).
     """
+    if settings.model is not None:  # the user's network: nothing to train, its weights' hash keys the features
+        return external_model(settings.model, bench, settings), external_key(settings.model, bench, settings), False
     spec = training_spec(method, params, bench, settings)
     key = config_key(spec)
     model = build_model(method, params, bench)
@@ -106,6 +112,18 @@ def obtain_model(method: Method, params: Params, bench: Benchmark, settings: Tri
                       report if method.trains() else None, checkpoint)
         cache.save_model(key, model, spec, time.time() - started)
         return model, key, True
+
+
+def external_model(model: dict[str, Any], bench: Benchmark, settings: TrialSettings):
+    """The ``--model`` network, built, loaded and adapted (on the device the trial uses)."""
+    spec = external.ModelSpec(**model)
+    return external.build(spec, bench.num_classes, *bench.mean_std()).to(pick_device())
+
+
+def external_key(model: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> str:
+    """Cache key of a user's network's outputs: the spec, the weights' SHA-256, the layers read, the data."""
+    return config_key({"model": model, "benchmark": bench.name,
+                       "data": settings.data_fingerprint or bench.fingerprint()})
 
 
 def build_model(method: Method, params: Params, bench: Benchmark):

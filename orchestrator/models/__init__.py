@@ -7,4 +7,4 @@ from __future__ import annotations
 
 from orchestrator.registry import Registry
 
-BACKBONES = Registry("backbone", "orchestrator.models", skip=("protocol",))
+BACKBONES = Registry("backbone", "orchestrator.models", skip=("protocol", "external"))

@@ -33,7 +33,7 @@ class SmallCNN(nn.Module):
         return self.body(x)
 
 
-class _BasicBlock(nn.Module):
+class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -59,7 +59,7 @@ class ResNet18(nn.Module):
                                   nn.ReLU(inplace=True))
         blocks, cin = [], 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
             cin = cout
         self.layers = nn.Sequential(*blocks)
         self.out_dim = 512

@@ -119,6 +119,7 @@ def run(prep, shared_ref, stored, logger, progress, signals, batch_size: int) ->
     # (``stored``) on the tracking thread, before its MLflow run; the stored study is behind by what is in flight.
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=opts.seed), directions=stored.directions)
     done = Outcomes([], prep.experiment_path)
+    used: list[int] = []
     for t in stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                        optuna.trial.TrialState.FAIL)):
         study.add_trial(t)
@@ -127,8 +128,10 @@ def run(prep, shared_ref, stored, logger, progress, signals, batch_size: int) ->
             done.append(Outcome(tid, config, {**t.user_attrs.get(RESULT_ATTR, {}), "trial_id": tid}))
         elif "error" in t.user_attrs:  # a FAIL without an error was stopped: the budget still owes it
             done.append(Outcome(tid, config, error=t.user_attrs["error"]))
-    # New trials get ids after every id used so far (a driver killed mid-batch lost some asked trials' ids).
-    used = [int(o.trial_id) for o in done if o.trial_id.isdigit()]
+        if tid.isdigit():
+            used.append(int(tid))
+    # New trials get ids after every id used so far (stopped trials' runs keep theirs; a driver killed mid-batch
+    # lost some asked trials, whose ids no run holds).
     offset = max(0, max(used, default=-1) + 1 - len(study.trials))
 
     def new_id(number: int) -> str:

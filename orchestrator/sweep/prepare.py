@@ -66,6 +66,10 @@ class SweepOptions:
     quiet: bool = False
     #: Configurations per actor call of a post-hoc sweep (None: batched.BATCH_SIZE; 0: one Tune trial each).
     batch_size: int | None = None
+    #: A user's network (orchestrator.models.external): spec, weights file, "HEAD[,FEATURE_MAP]".
+    model: str | None = None
+    weights: str | None = None
+    model_layers: str | None = None
     #: The MLflow run of the study this sweep belongs to (python -m orchestrator benchmark), and its name.
     study_run_id: str | None = None
     study: str | None = None
@@ -96,6 +100,8 @@ class Prepared:
     batch_size: int = 0
     #: Optuna storage URL of the sweep's study (None: kept in Tune's searcher state only).
     study_storage: str | None = None
+    #: The user's network (``--model``), checked on the benchmark: ModelSpec fields; None: trained here.
+    model: dict[str, Any] | None = None
 
     @property
     def experiment_path(self) -> str:
@@ -106,7 +112,7 @@ class Prepared:
         return TrialSettings(method=self.opts.method, seed=self.opts.seed, cache_dir=self.opts.cache_dir,
                              convention=self.opts.convention,
                              threads=threads if threads is not None else max(1, int(self.resources["cpu"])),
-                             data_fingerprint=self.bench.fingerprint())
+                             data_fingerprint=self.bench.fingerprint(), model=self.model)
 
 
 def prepare(opts: SweepOptions, resuming: bool = False) -> Prepared:
@@ -205,11 +211,34 @@ def prepare(opts: SweepOptions, resuming: bool = False) -> Prepared:
         notes.append(f"{method.name} searches no knob: running 1 trial ({num_samples} would be identical; "
                      f"--seeds N repeats it with other seeds)")
         num_samples = 1
+    model = _check_model(opts, method, bench) if opts.model else None
     posthoc = not method.trains() and not any(k.name in method.network_knobs() for k in space.knobs)
     batch_size = (BATCH_SIZE if opts.batch_size is None else opts.batch_size) if posthoc else 0
     return Prepared(opts, space, bench, name, uri, storage, num_samples,
                     opts.max_concurrent or smoke.get("max_concurrent") or space.max_concurrent, fixed, resources,
-                    notes=notes, batch_size=batch_size, study_storage=study_url)
+                    notes=notes, batch_size=batch_size, study_storage=study_url, model=model)
+
+
+def _check_model(opts: SweepOptions, method, bench: Benchmark) -> dict[str, Any]:
+    """``--model``: a post-hoc method, a readable weights file, layers that exist, outputs that fit the benchmark's
+    classes and images — checked by building it and running it on two images, before Ray starts."""
+    import dataclasses
+
+    import torch
+
+    from orchestrator.models import external
+
+    if method.trains():
+        raise UsageError(f"--model works with post-hoc methods; {method.name} trains its own network (fine-tuning "
+                         f"a given model is not supported yet)")
+    try:
+        spec = external.parse(opts.model, opts.weights, opts.model_layers)
+        model = external.build(spec, bench.num_classes, *bench.mean_std())
+        images = torch.as_tensor(bench.id_val.x[:2]).float() / 255.0
+        external.check_on(model, spec, images)
+    except external.ModelError as exc:
+        raise UsageError(str(exc)) from None
+    return dataclasses.asdict(spec)
 
 
 def prepare_resume(target: str, storage_path: str | None = None, **overrides) -> Prepared:
