@@ -3,8 +3,11 @@ ICML 2022).
 
 Features are L2-normalised, ẑ = h/‖h‖; the bank holds the normalised fit (training) features.
 S = −‖ẑ − ẑ_(k)‖, minus the Euclidean distance to the k-th nearest bank entry (the authors' code returns the
-squared distance, which ranks identically). k is clamped to the bank size. Search is exact (faiss IndexFlatL2),
-on the GPU when faiss was built with GPU support and CUDA is available.
+squared distance, which ranks identically). k is clamped to the bank size. Search is exact (faiss IndexFlatL2) by
+default, or approximate with ``index: ivf`` (faiss IndexIVFFlat: ``nlist`` k-means cells, ``nprobe`` of them
+searched per query) for banks too large for exact search; ``scripts/knn_ivf_recall.py`` measures its recall against
+exact search. Either runs on the GPU when faiss was built with GPU support (``pip install '.[gpu]'``) and CUDA is
+available.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 
 from methods import register
 from methods.base import FeatureScorer, Method, Outputs
-from orchestrator.knobs import Int
+from orchestrator.knobs import Choice, Int
 
 DEFAULT_K = 50
 #: Sorted neighbour distances are memoised per (bank, queries) this wide, so the next trial of a k sweep in the
@@ -24,6 +27,8 @@ DEFAULT_K = 50
 MEMO_WIDTH = 1024
 MEMO_ENTRIES = 24
 _MEMO: OrderedDict = OrderedDict()
+#: faiss marks a neighbour it did not find with the largest float32 distance.
+MISSING = 1e30
 
 
 def _digest(a: np.ndarray) -> str:
@@ -57,6 +62,34 @@ def _gpu_available(faiss) -> bool:
         return False
 
 
+def default_nlist(n: int) -> int:
+    """faiss' rule of thumb: about 4·√n cells, each trained on at least 39 points."""
+    return max(1, min(int(4 * np.sqrt(n)), n // 39))
+
+
+def ivf_l2_index(bank: np.ndarray, nlist: int | None = None, nprobe: int = 16, use_gpu: bool | None = None):
+    """An approximate faiss IVF-Flat L2 index of ``bank``: k-means into ``nlist`` cells (trained on at most 256
+    points per cell, seeded), ``nprobe`` cells searched per query. Returns (index, gpu resources or None)."""
+    import faiss
+
+    n, dim = bank.shape
+    nlist = min(nlist or default_nlist(n), n)
+    quantizer = faiss.IndexFlatL2(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
+    index.cp.seed = 0
+    train = bank
+    if n > 256 * nlist:
+        train = bank[np.sort(np.random.default_rng(0).choice(n, 256 * nlist, replace=False))]
+    index.train(np.ascontiguousarray(train))
+    index.add(bank)
+    index.nprobe = min(nprobe, nlist)
+    resources = None
+    if _gpu_available(faiss) if use_gpu is None else use_gpu:
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, 0, index)
+    return index, resources
+
+
 def flat_l2_index(bank: np.ndarray, use_gpu: bool | None = None):
     """An exact faiss L2 index holding ``bank`` (float32, C-contiguous): on the GPU when faiss has GPU support and
     CUDA is there (``use_gpu=None``), else on the CPU. Returns (index, gpu resources or None) — keep both alive."""
@@ -75,9 +108,13 @@ def flat_l2_index(bank: np.ndarray, use_gpu: bool | None = None):
 class KnnScorer(FeatureScorer):
     needs_fit = True
 
-    def __init__(self, k: int = DEFAULT_K, use_gpu: bool | None = None):
+    def __init__(self, k: int = DEFAULT_K, use_gpu: bool | None = None, index: str = "flat",
+                 nlist: int | None = None, nprobe: int = 16):
         self.k = check_k(k)
         self.use_gpu = use_gpu  # None: automatic
+        if index not in ("flat", "ivf"):
+            raise ValueError(f"knn: index must be flat or ivf, got {index!r}")
+        self.kind, self.nlist, self.nprobe = index, nlist, nprobe
         self.bank_: np.ndarray | None = None
         self._index = None
         self._gpu_resources = None
@@ -91,7 +128,9 @@ class KnnScorer(FeatureScorer):
         if train is None or len(train) == 0:
             raise ValueError("knn needs fit outputs (training features) for its bank")
         self.bank_ = l2_normalise(train.features)
-        self._bank_digest = _digest(self.bank_)
+        # Memoised tables are per bank and per search (approximate tables differ from exact ones).
+        search = "" if self.kind == "flat" else f"ivf/{self.nlist}/{self.nprobe}"
+        self._bank_digest = _digest(self.bank_) + search
         self._index = None
         return self
 
@@ -99,7 +138,10 @@ class KnnScorer(FeatureScorer):
         if self.bank_ is None:
             raise RuntimeError("KnnScorer used before fit")
         if self._index is None:
-            self._index, self._gpu_resources = flat_l2_index(self.bank_, self.use_gpu)
+            if self.kind == "ivf":
+                self._index, self._gpu_resources = ivf_l2_index(self.bank_, self.nlist, self.nprobe, self.use_gpu)
+            else:
+                self._index, self._gpu_resources = flat_l2_index(self.bank_, self.use_gpu)
         return self._index
 
     def sweep_work(self, store) -> dict:
@@ -131,13 +173,24 @@ class KnnScorer(FeatureScorer):
             raise RuntimeError("KnnScorer used before fit")
         k = min(self.k, len(self.bank_))
         table = self._table(l2_normalise(outputs.features), k)
-        return -np.sqrt(np.maximum(table[:, k - 1].astype(np.float64), 0.0))
+        # IVF may find fewer than k neighbours in the cells it probes (faiss pads with the largest float): the
+        # farthest one found then stands in for the k-th.
+        kth = table[:, k - 1].astype(np.float64)
+        if self.kind == "ivf":
+            found = table[:, :k] < MISSING
+            farthest = np.where(found, table[:, :k], -np.inf).max(axis=1)
+            kth = np.where(found[:, -1], kth, farthest)
+        return -np.sqrt(np.maximum(kth, 0.0))
 
 
 @register("knn")
 class Knn(Method):
     paper = "Sun et al., Out-of-Distribution Detection with Deep Nearest Neighbors, ICML 2022"
-    knobs = (Int("k", DEFAULT_K, ge=1, help="the k-th nearest training feature (clamped to the bank size)"),)
+    knobs = (Int("k", DEFAULT_K, ge=1, help="the k-th nearest training feature (clamped to the bank size)"),
+             Choice("index", "flat", ("flat", "ivf"),
+                    help="exact search, or approximate IVF-Flat for large banks (recall: scripts/knn_ivf_recall.py)"),
+             Int("nlist", None, ge=1, optional=True, help="IVF cells (null: about 4·√bank size)"),
+             Int("nprobe", 16, ge=1, help="IVF cells searched per query (nprobe = nlist: exact)"))
 
     def scorer(self, params):
-        return KnnScorer(params["k"])
+        return KnnScorer(params["k"], index=params["index"], nlist=params["nlist"], nprobe=params["nprobe"])
