@@ -6,6 +6,7 @@ reads them instead of re-running the network. Gradient scorers (ODIN...) get the
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 
 from methods.base import Outputs, Scorer
 from orchestrator.data.base import Benchmark, Split
+from orchestrator.data.lazy import ImageFiles
 from orchestrator.metrics import OODMatrix, ood_matrix, ood_metrics
 from orchestrator.training import to_float
 
@@ -27,8 +29,8 @@ def extract(model, split: Split, device, with_fmap: bool = False, batch_size: in
     model.eval()
     batch_size = batch_size or EVAL_BATCH.get(torch.device(device).type, 256)
     logits, feats, fmaps = [], [], []
-    for start in range(0, len(split), batch_size):
-        z, h, fmap = model.forward_all(to_float(split.x[start:start + batch_size], device))
+    for batch in _batches(split, batch_size):
+        z, h, fmap = model.forward_all(to_float(batch, device))
         logits.append(z.float().cpu().numpy())
         feats.append(h.float().cpu().numpy())
         if with_fmap:
@@ -38,6 +40,35 @@ def extract(model, split: Split, device, with_fmap: bool = False, batch_size: in
             fmaps.append(fmap.float().contiguous().cpu().numpy())
     return Outputs(np.concatenate(logits), np.concatenate(feats), split.y,
                    np.concatenate(fmaps) if with_fmap else None)
+
+
+#: DataLoader worker processes decoding a streamed split's images while the network runs.
+STREAM_WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+class _Slices(torch.utils.data.Dataset):
+    """Batch i of a split's images (what a DataLoader worker decodes)."""
+
+    def __init__(self, x, batch_size: int):
+        self.x, self.batch_size = x, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, i: int):
+        return self.x[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+def _batches(split: Split, batch_size: int):
+    """The split's images batch by batch: slices of the array, or, for images on disk, decoded by DataLoader
+    workers ahead of the network."""
+    if not isinstance(split.x, ImageFiles):
+        for start in range(0, len(split), batch_size):
+            yield split.x[start:start + batch_size]
+        return
+    loader = torch.utils.data.DataLoader(_Slices(split.x, batch_size), batch_size=None, shuffle=False,
+                                         num_workers=STREAM_WORKERS, prefetch_factor=2, persistent_workers=False)
+    yield from loader
 
 
 class OutputStore:

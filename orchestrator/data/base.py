@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.data.lazy import ImageFiles, select
+
 DATA_SEED = 0
 
 
@@ -22,9 +24,13 @@ class DataUnavailable(RuntimeError):
     """A benchmark's data could not be found or fetched; the message says where it was looked for."""
 
 
+#: Streamed training images sampled for the normalisation statistics.
+STATS_SAMPLE = 2000
+
+
 @dataclass
 class Split:
-    x: np.ndarray  # uint8, (N, C, H, W)
+    x: np.ndarray | ImageFiles  # uint8, (N, C, H, W); or files decoded per batch (orchestrator.data.lazy)
     y: np.ndarray | None = None  # int64 class labels for ID splits
 
     def __len__(self) -> int:
@@ -34,7 +40,7 @@ class Split:
         if len(self) <= n:
             return self
         idx = np.sort(rng.choice(len(self), n, replace=False))
-        return Split(self.x[idx], None if self.y is None else self.y[idx])
+        return Split(select(self.x, idx), None if self.y is None else self.y[idx])
 
 
 @dataclass
@@ -61,7 +67,12 @@ class Benchmark:
         return tuple(self.id_train.x.shape[1:])
 
     def mean_std(self) -> tuple[list[float], list[float]]:
-        x = self.id_train.x.astype(np.float32) / 255.0
+        """Per-channel statistics of the training images (of a seeded sample of 2,000 when they are streamed)."""
+        x = self.id_train.x
+        if isinstance(x, ImageFiles):
+            n = len(x)
+            x = x[np.sort(np.random.default_rng(DATA_SEED).choice(n, min(n, STATS_SAMPLE), replace=False))]
+        x = x.astype(np.float32) / 255.0
         mean = x.mean(axis=(0, 2, 3))
         std = x.std(axis=(0, 2, 3)) + 1e-6
         return mean.tolist(), std.tolist()
@@ -81,7 +92,7 @@ class Benchmark:
         h.update(f"hflip_invariant={self.hflip_invariant}".encode())
         for key, split in sorted(self.splits().items()):
             h.update(key.encode())
-            h.update(np.ascontiguousarray(split.x).data)
+            h.update(split.x.digest() if isinstance(split.x, ImageFiles) else np.ascontiguousarray(split.x).data)
             if split.y is not None:
                 h.update(np.ascontiguousarray(split.y).data)
         return h.hexdigest()[:16]

@@ -9,6 +9,7 @@ Format (see ``docs/custom_benchmark.md`` for a worked example)::
     seed: 0                      # optional: seed of the ID split and of `limit` subsets (default 0)
     num_classes: 10              # optional; default: the number of class folders, else the largest label + 1
     hflip: false                 # optional: horizontal flips preserve labels (natural images: true); default false
+    stream: false                # optional: folder images stay on disk, decoded batch by batch (large folders)
     id:
       train: SOURCE              # required ("source" is an alias)
       val: SOURCE                # optional: carved from train (stratified) when absent
@@ -66,13 +67,14 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.data.base import DATA_SEED, Benchmark, DataUnavailable, Split, stratified_split
+from orchestrator.data.lazy import ImageFiles, convert_image, resize_image, select
 from orchestrator.knobs import KnobError, check_value
 from orchestrator.recipe import RECIPE
 from orchestrator.registry import closest
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-TOP_KEYS = {"name", "image_size", "channels", "resize", "seed", "num_classes", "hflip", "id", "ood_val", "near", "far",
-            "recipe"}
+TOP_KEYS = {"stream", "name", "image_size", "channels", "resize", "seed", "num_classes", "hflip", "id", "ood_val",
+            "near", "far", "recipe"}
 ID_KEYS = {"train", "source", "val", "test", "split", "classes"}
 SOURCE_KEYS = {"torchvision": {"type", "class", "kwargs", "range", "limit"},
                "folder": {"type", "path", "range", "limit"},
@@ -108,7 +110,21 @@ class _Raw:
     class_names: list[str] | None = None  # folder sources: the class of each label
 
 
+class _FirstKnown(ImageFiles):
+    """Streamed ID images before the benchmark's format is known: the first one is decoded (its channels and size
+    are the defaults of ``channels`` and ``image_size``)."""
+
+    def __init__(self, files, first: np.ndarray):
+        super().__init__(files, first.shape[0], first.shape[1:])
+        self.first = first
+
+    def __getitem__(self, index):
+        return self.first if isinstance(index, (int, np.integer)) and index == 0 else super().__getitem__(index)
+
+
 class _Loader:
+    stream = False  # folder sources stay on disk (``stream: true``)
+
     def __init__(self, path: Path, data_root: str | None):
         self.file = path
         self.data_root = Path(data_root).expanduser() if data_root else None
@@ -207,7 +223,8 @@ class _Loader:
         if len(idx) == 0:
             raise self.err(src.entry, "no images (after range/limit)" if n else "no images")
         if len(idx) != n:
-            imgs = raw.images[idx] if isinstance(raw.images, np.ndarray) else [raw.images[i] for i in idx]
+            imgs = (select(raw.images, idx) if isinstance(raw.images, (np.ndarray, ImageFiles))
+                    else [raw.images[i] for i in idx])
             raw = _Raw(imgs, None if raw.labels is None else raw.labels[idx], raw.class_names)
         return raw
 
@@ -298,6 +315,8 @@ class _Loader:
             files = images_under(root)
             if not files:
                 raise self.err(src.entry, f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {root}")
+            if self.stream:  # decoded batch by batch later; the format is set once the first ID image is read
+                return _Raw(ImageFiles(files, 0, (0, 0)))
             return _Raw([read(p) for p in files])
         found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not found:
@@ -306,15 +325,19 @@ class _Loader:
         extra = sorted(set(found) - set(names))
         if extra:
             raise self.err(src.entry, f"class folder(s) {', '.join(extra)} under {root} are not in id.classes")
-        imgs, labels = [], []
+        imgs, labels, paths = [], [], []
         for label, name in enumerate(names):
             if not (root / name).is_dir():
                 continue
             files = images_under(root / name)
-            imgs += [read(p) for p in files]
+            paths += files
             labels += [label] * len(files)
-        if not imgs:
+        if not paths:
             raise self.err(src.entry, f"no images ({', '.join(sorted(IMAGE_EXTS))}) in the class folders of {root}")
+        if self.stream:
+            first = read(paths[0])  # its channels and size are the benchmark's defaults
+            return _Raw(_FirstKnown(paths, first), np.asarray(labels, dtype=np.int64), names)
+        imgs = [read(p) for p in paths]
         return _Raw(imgs, np.asarray(labels, dtype=np.int64), names)
 
     def _open_torchvision(self, src: _Source) -> None:
@@ -369,42 +392,14 @@ class _Loader:
 
 
 # --------------------------------------------------------------------------------------------- normalisation
-def _convert(img: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 (C, H, W) → (channels, H, W)."""
-    if img.shape[0] == channels:
-        return img
-    if channels == 3:
-        return np.repeat(img[:1], 3, axis=0)
-    w = np.array([299, 587, 114], dtype=np.uint32)[:, None, None]
-    return ((img.astype(np.uint32) * w).sum(axis=0, keepdims=True) // 1000).astype(np.uint8)  # PIL's "L"
-
-
-def _resize(img: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    from PIL import Image
-
-    c, h, w = img.shape
-    if (h, w) == size:
-        return img
-    th, tw = size
-    pil = Image.fromarray(img[0] if c == 1 else img.transpose(1, 2, 0))
-    if mode == "crop":
-        s = max(th / h, tw / w)
-        nh, nw = max(th, round(h * s)), max(tw, round(w * s))
-        pil = pil.resize((nw, nh), Image.BILINEAR)
-        top, left = (nh - th) // 2, (nw - tw) // 2
-        pil = pil.crop((left, top, left + tw, top + th))
-    else:
-        pil = pil.resize((tw, th), Image.BILINEAR)
-    a = np.asarray(pil, dtype=np.uint8)
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-
-
-def _normalise(images, channels: int, size: tuple[int, int], mode: str) -> np.ndarray:
+def _normalise(images, channels: int, size: tuple[int, int], mode: str) -> np.ndarray | ImageFiles:
+    if isinstance(images, ImageFiles):  # streamed: converted and resized as each batch is decoded
+        return ImageFiles(images.files, channels, size, mode)
     if isinstance(images, np.ndarray) and images.shape[1] == channels and images.shape[2:] == size:
         return images
     out = np.empty((len(images), channels, *size), dtype=np.uint8)
     for i, img in enumerate(images):
-        out[i] = _resize(_convert(img, channels), size, mode)
+        out[i] = resize_image(convert_image(img, channels), size, mode)
     return out
 
 
@@ -455,6 +450,10 @@ def load_custom(path: str | os.PathLike, data_root: str | None = None) -> Benchm
     hflip = cfg.get("hflip", False)
     if not isinstance(hflip, bool):
         raise ld.err("hflip", f"expected true or false, got {hflip!r}")
+    stream = cfg.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ld.err("stream", f"expected true or false, got {stream!r}")
+    ld.stream = stream
 
     # ---- id
     id_cfg = cfg.get("id")
@@ -548,9 +547,9 @@ def load_custom(path: str | os.PathLike, data_root: str | None = None) -> Benchm
         fr = [fractions[p] for p in carved]
         parts = stratified_split(y["train"], tuple([1 - sum(fr)] + fr), rng)
         xt, yt = x["train"], y["train"]
-        x["train"], y["train"] = xt[parts[0]], yt[parts[0]]
+        x["train"], y["train"] = select(xt, parts[0]), yt[parts[0]]
         for p, idx in zip(carved, parts[1:], strict=False):
-            x[p], y[p] = xt[idx], yt[idx]
+            x[p], y[p] = select(xt, idx), yt[idx]
     for p in ("train", "val", "test"):
         if len(x[p]) == 0:
             raise ld.err(f"id.{p}", "is empty (too few ID images for the split fractions)")
@@ -558,7 +557,11 @@ def load_custom(path: str | os.PathLike, data_root: str | None = None) -> Benchm
            for g, sets in groups.items()}
 
     # ---- OOD validation must be disjoint from the OOD test sets
-    digest = lambda a: {hashlib.sha1(r.tobytes()).digest() for r in a}  # noqa: E731
+    def digest(a):  # streamed sets: the same file; in memory: the same pixels
+        if isinstance(a, ImageFiles):
+            return {os.path.realpath(f) for f in a.files}
+        return {hashlib.sha1(r.tobytes()).digest() for r in a}
+
     val_rows = {n: digest(s.x) for n, s in ood["ood_val"].items()}
     for g in ("near", "far"):
         for n, s in ood[g].items():

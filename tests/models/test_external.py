@@ -1,57 +1,18 @@
 """Bring your own model (`--model`): torchvision with a weights file, OpenOOD-format checkpoints,
 `package.module:function`; every bad input is one line; end to end, knn and energy sweeps score a torchvision
-ResNet-18 (random weights saved to a file) on an ImageNet-style folder benchmark of JPEGs made here."""
+ResNet-18 (random weights saved to a file) on an ImageNet-style folder benchmark of JPEGs made here, streamed."""
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torchvision
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
 from orchestrator.models import external
 from tests.conftest import ROOT
-
-
-def _folder_benchmark(root, size=32, per_class=24):
-    """ID: 3 classes of coloured noise (one dominant channel each), OOD: grey stripes and dark noise; JPEG files in
-    class folders, as ImageNet's are laid out."""
-    rng = np.random.default_rng(0)
-
-    def save(folder, n, make):
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            Image.fromarray(make().astype(np.uint8)).save(folder / f"{i:03d}.jpg", quality=90)
-
-    for c in range(3):
-        def coloured(c=c):
-            img = rng.integers(0, 90, (size, size, 3))
-            img[..., c] += 150
-            return img
-        save(root / "train" / f"class{c}", per_class, coloured)
-    def stripes():
-        return np.tile(((np.arange(size) % 8 < 4) * 200)[None, :, None], (size, 1, 3)) + rng.integers(0, 40, (size, size, 3))
-
-    save(root / "ood_val", 20, stripes)
-    save(root / "stripes", 20, stripes)
-    save(root / "dark", 20, lambda: rng.integers(0, 60, (size, size, 3)))
-    yaml = root / "bench.yaml"
-    yaml.write_text(f"""name: jpegs
-image_size: {size}
-channels: 3
-id:
-  train: {{type: folder, path: train}}
-ood_val:
-  stripes-val: ood_val
-near:
-  stripes: stripes
-far:
-  dark: dark
-""")
-    return yaml
+from tests.folder_images import folder_benchmark as _folder_benchmark
 
 
 def _resnet18_file(path, num_classes=3):
@@ -153,7 +114,7 @@ def _sweep(cwd, method, *args):
 @pytest.fixture(scope="module")
 def own_model_sweeps(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("own-model")
-    _folder_benchmark(cwd)
+    _folder_benchmark(cwd, stream=True)  # the images stay on disk, decoded batch by batch
     _resnet18_file(cwd / "r18.pt")
     return cwd, {m: _sweep(cwd, m, "--name", f"own-{m}") for m in ("knn", "energy")}
 
