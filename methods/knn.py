@@ -12,6 +12,7 @@ available.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
 from numbers import Integral
 
@@ -29,6 +30,13 @@ MEMO_ENTRIES = 24
 _MEMO: OrderedDict = OrderedDict()
 #: faiss marks a neighbour it did not find with the largest float32 distance.
 MISSING = 1e30
+
+
+#: A training bank larger than this, memory-mapped from the feature store, is searched shard by shard instead of
+#: being normalised and indexed whole (exact search; memory stays at about one shard).
+OUT_OF_CORE_BYTES = 512 * 2**20
+#: Rows per shard of an out-of-core bank (~64 MB of float32 features at 512-d).
+SHARD_ROWS = 32_768
 
 
 def _digest(a: np.ndarray) -> str:
@@ -116,18 +124,37 @@ class KnnScorer(FeatureScorer):
             raise ValueError(f"knn: index must be flat or ivf, got {index!r}")
         self.kind, self.nlist, self.nprobe = index, nlist, nprobe
         self.bank_: np.ndarray | None = None
+        self._file: tuple | None = None  # (path, offset, shape, dtype) of an out-of-core bank
         self._index = None
         self._gpu_resources = None
 
     def __getstate__(self):  # faiss indexes do not pickle; rebuild from the bank on first use
         state = dict(self.__dict__)
         state["_index"] = state["_gpu_resources"] = None
+        if state.get("_file"):  # an out-of-core bank travels as its file, never as its data
+            state["bank_"] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.__dict__.get("_file"):
+            path, offset, shape, dtype = self._file
+            self.bank_ = np.memmap(path, dtype=np.dtype(dtype), mode="r", shape=shape, offset=offset)
 
     def fit(self, train: Outputs, model=None) -> KnnScorer:
         if train is None or len(train) == 0:
             raise ValueError("knn needs fit outputs (training features) for its bank")
-        self.bank_ = l2_normalise(train.features)
+        self._file = None
+        features = train.features
+        if isinstance(features, np.memmap) and features.nbytes > OUT_OF_CORE_BYTES and self.kind == "flat":
+            # Out of core: keep where the bank is, read it shard by shard when searching.
+            self._file = (str(features.filename), features.offset, features.shape, features.dtype.str)
+            self.bank_ = features  # for its length only; never read whole
+            st = os.stat(features.filename)
+            self._bank_digest = f"{features.filename}:{st.st_size}:{st.st_mtime_ns}:{features.offset}"
+            self._index = None
+            return self
+        self.bank_ = l2_normalise(features)
         # Memoised tables are per bank and per search (approximate tables differ from exact ones).
         search = "" if self.kind == "flat" else f"ivf/{self.nlist}/{self.nprobe}"
         self._bank_digest = _digest(self.bank_) + search
@@ -161,12 +188,31 @@ class KnnScorer(FeatureScorer):
         table = _MEMO.get(key)
         if table is None or table.shape[1] < k:
             width = min(max(k, MEMO_WIDTH), len(self.bank_))
-            table, _ = self.index().search(queries, width)
+            table = self._sharded_search(queries, width) if self._file else self.index().search(queries, width)[0]
             _MEMO[key] = table
             while len(_MEMO) > MEMO_ENTRIES:
                 _MEMO.popitem(last=False)
         _MEMO.move_to_end(key)
         return table
+
+    def _sharded_search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Exact k-NN distances over a memory-mapped bank, one shard at a time: each shard is mapped, normalised,
+        indexed and searched, then unmapped, and the k smallest distances so far are kept."""
+        import faiss
+
+        path, offset, shape, dtype = self._file
+        best = np.full((len(queries), k), np.inf, dtype=np.float32)
+        for start in range(0, shape[0], SHARD_ROWS):
+            rows = min(SHARD_ROWS, shape[0] - start)
+            mapped = np.memmap(path, dtype=np.dtype(dtype), mode="r", shape=(rows, *shape[1:]),
+                               offset=offset + start * int(np.prod(shape[1:])) * np.dtype(dtype).itemsize)
+            shard = l2_normalise(mapped)
+            del mapped  # unmapped: its pages leave this process
+            index = faiss.IndexFlatL2(shard.shape[1])
+            index.add(shard)
+            found, _ = index.search(queries, min(k, rows))
+            best = np.sort(np.concatenate([best, found], axis=1), axis=1)[:, :k]
+        return best
 
     def score(self, outputs: Outputs) -> np.ndarray:
         if self.bank_ is None:

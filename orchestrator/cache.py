@@ -5,7 +5,8 @@ Layout under the cache root (``--cache-dir``, ``$OODSWEEP_CACHE`` or ``~/.cache/
     models/<key>/model.pt        state dict (loaded with weights_only=True)
     models/<key>/model.pt.sha256 its checksum, written after it: an entry without one is not complete
     models/<key>/meta.json       the training config that produced it
-    models/<key>/outputs/<split>[+fmap].npz (+ .sha256)
+    models/<key>/outputs/<split>[+fmap]/  logits.npy, features.npy (labels.npy, fmap.npy), manifest.json — each with
+                                 its .sha256; loaded memory-mapped
     locks/<key>.lock             flock: one trainer per key, however many trials want it
     corrupt/<key>-<time>/        entries that failed their checksum or could not be read, moved aside
     trained.log, extracted.log   one line per model trained / split extracted (how tests and benchmarks count)
@@ -34,6 +35,9 @@ from typing import Any
 import numpy as np
 
 from methods.base import Outputs
+
+#: The file that completes an outputs entry (written after its arrays).
+MANIFEST = "manifest.json"
 
 
 def default_root() -> Path:
@@ -72,6 +76,26 @@ def _intact(path: Path) -> bool | None:
     if not path.is_file() or not check.is_file():
         return None
     return check.read_text().strip() == _sha256(path)
+
+
+#: Files verified against their checksum in this process, by (path, size, mtime): a post-hoc sweep's workers open
+#: the same outputs many times; hashing gigabytes of features each time would dominate.
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _verified(path: Path) -> bool | None:
+    """:func:`_intact`, remembered per process while the file's size and mtime stay the same."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    stamp = (str(path), st.st_size, st.st_mtime_ns)
+    if stamp in _VERIFIED:
+        return True
+    state = _intact(path)
+    if state:
+        _VERIFIED.add(stamp)
+    return state
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -162,8 +186,8 @@ class ModelCache:
         return sum(1 for _ in open(log)) if log.is_file() else 0
 
     # ---- outputs
-    def _outputs_path(self, key: str, split: str, with_fmap: bool) -> Path:
-        return self._dir(key) / "outputs" / (split.replace("/", "__") + ("+fmap" if with_fmap else "") + ".npz")
+    def _outputs_dir(self, key: str, split: str, with_fmap: bool) -> Path:
+        return self._dir(key) / "outputs" / (split.replace("/", "__") + ("+fmap" if with_fmap else ""))
 
     def outputs(self, key: str, split: str, with_fmap: bool, compute) -> Outputs:
         """Stored outputs of (model ``key``, ``split``), or ``compute()`` them once under a lock and store them."""
@@ -177,31 +201,40 @@ class ModelCache:
         return out
 
     def load_outputs(self, key: str, split: str, with_fmap: bool) -> Outputs | None:
-        """Stored outputs, or None when absent; a damaged file is deleted (with one line) so it is re-extracted."""
-        path = self._outputs_path(key, split, with_fmap)
-        intact = _intact(path)
+        """Stored outputs, memory-mapped (read from disk as they are used, shared by every process on the machine
+        through the page cache), or None when absent; a damaged entry is deleted (with one line) so it is
+        re-extracted. Each file's checksum is verified once per process and (size, mtime)."""
+        folder = self._outputs_dir(key, split, with_fmap)
+        manifest = folder / MANIFEST
+        intact = _verified(manifest)
         why = "its data does not match its checksum"
         if intact:
             try:
-                with np.load(path, allow_pickle=False) as d:
-                    return Outputs(d["logits"], d["features"], d["labels"] if "labels" in d else None,
-                                   d["fmap"] if "fmap" in d else None)
+                names = json.loads(manifest.read_text())["arrays"]
+                states = [_verified(folder / f"{n}.npy") for n in names]
+                if all(states):
+                    arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in names}
+                    return Outputs(arrays["logits"], arrays["features"], arrays.get("labels"), arrays.get("fmap"))
+                intact = False
             except Exception as exc:  # noqa: BLE001 - unreadable for any reason: re-extract
-                why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                intact, why = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
         if intact is not None:
-            for stale in (path, _checksum_path(path)):
-                with contextlib.suppress(FileNotFoundError):
-                    stale.unlink()
-            print(f"warning: cached outputs {path} are damaged ({why}); extracting them again",
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"warning: cached outputs {folder} are damaged ({why}); extracting them again",
                   file=sys.stderr, flush=True)
         return None
 
     def save_outputs(self, key: str, split: str, with_fmap: bool, out: Outputs) -> None:
+        """One ``.npy`` per array (each checksummed), then the manifest naming them: an entry is complete only
+        once its manifest is there."""
         arrays = {"logits": out.logits, "features": out.features}
         if out.labels is not None:
             arrays["labels"] = out.labels
         if out.fmap is not None:
             arrays["fmap"] = out.fmap
-        _write_checksummed(self._outputs_path(key, split, with_fmap), lambda f: np.savez(f, **arrays))
+        folder = self._outputs_dir(key, split, with_fmap)
+        for name, array in arrays.items():
+            _write_checksummed(folder / f"{name}.npy", lambda f, a=array: np.save(f, np.asarray(a)))
+        _write_checksummed(folder / MANIFEST, lambda f: f.write(json.dumps({"arrays": list(arrays)}).encode()))
         with open(self.root / "extracted.log", "a") as log:
             log.write(json.dumps({"key": key, "split": split, "fmap": with_fmap}) + "\n")

@@ -111,7 +111,7 @@ def test_damaged_outputs_are_extracted_again(tmp_path):
     cache = ModelCache(tmp_path)
     out = Outputs(np.ones((3, 2), np.float32), np.ones((3, 4), np.float32))
     cache.save_outputs("k", "id_test", False, out)
-    _truncate(next((tmp_path / "models" / "k" / "outputs").glob("*.npz")))
+    _truncate(next((tmp_path / "models" / "k" / "outputs").rglob("features.npy")))
     assert cache.outputs("k", "id_test", False, lambda: out).logits.shape == (3, 2)
     assert cache.extracted_count() == 2
 

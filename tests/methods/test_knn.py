@@ -39,3 +39,22 @@ def test_an_unknown_index_is_refused():
 
     with pytest.raises(ValueError, match="flat or ivf"):
         KnnScorer(5, index="hnsw")
+
+
+# ---------------------------------------------------------------- an out-of-core bank (memory-mapped features)
+def test_an_out_of_core_bank_gives_the_in_memory_scores(tmp_path, monkeypatch):
+    import pickle
+
+    from methods import knn
+    from methods.base import Outputs
+
+    bank, queries = _clustered(3000, 0), _clustered(200, 1)
+    np.save(tmp_path / "features.npy", bank)
+    mapped = np.load(tmp_path / "features.npy", mmap_mode="r")
+    monkeypatch.setattr(knn, "OUT_OF_CORE_BYTES", 1000)  # this small bank counts as large
+    monkeypatch.setattr(knn, "SHARD_ROWS", 700)  # five shards, the last one short
+    scorer = knn.KnnScorer(20, use_gpu=False).fit(Outputs(np.zeros((3000, 2)), mapped))
+    scorer = pickle.loads(pickle.dumps(scorer))  # as it travels to a Ray worker: the file, not the data
+    reference = knn.KnnScorer(20, use_gpu=False).fit(Outputs(np.zeros((3000, 2)), bank))
+    q = Outputs(np.zeros((200, 2)), queries)
+    assert np.allclose(scorer.score(q), reference.score(q), atol=1e-5)
