@@ -10,6 +10,7 @@ Layout under the cache root (``--cache-dir``, ``$OODSWEEP_CACHE`` or ``~/.cache/
     locks/<key>.lock             flock: one trainer per key, however many trials want it
     corrupt/<key>-<time>/        entries that failed their checksum or could not be read, moved aside
     trained.log, extracted.log   one line per model trained / split extracted (how tests and benchmarks count)
+    shards.log                   one line per shard of a sharded extraction
 
 Every file is written to a temporary name in the same folder and renamed into place, and its checksum after it,
 so a trial that dies mid-write leaves no entry that could be read as complete. An entry whose data does not match
@@ -181,6 +182,10 @@ class ModelCache:
     def extracted_count(self) -> int:
         return self._lines("extracted.log")
 
+    def shard_count(self) -> int:
+        """Shards extracted so far (sharded extraction; a resumed one adds only the missing ones)."""
+        return self._lines("shards.log")
+
     def _lines(self, name: str) -> int:
         log = self.root / name
         return sum(1 for _ in open(log)) if log.is_file() else 0
@@ -224,6 +229,39 @@ class ModelCache:
                   file=sys.stderr, flush=True)
         return None
 
+    @staticmethod
+    def shard_name(split: str, start: int, stop: int) -> str:
+        """The entry name of images ``start:stop`` of ``split`` (a shard of a sharded extraction)."""
+        return f"{split}@{start}-{stop}"
+
+    def merge_shards(self, key: str, split: str, with_fmap: bool, shards: list[str]) -> None:
+        """Concatenate shard entries (in order) into the split's entry, array by array through memory-mapped files
+        (memory: one shard), then delete the shards."""
+        parts = [self.load_outputs(key, name, with_fmap) for name in shards]
+        if any(p is None for p in parts):
+            raise RuntimeError(f"shards of {split} missing from the cache while merging ({key})")
+        folder = self._outputs_dir(key, split, with_fmap)
+        names = [n for n in ("logits", "features", "labels", "fmap") if getattr(parts[0], n) is not None]
+        for name in names:
+            first = getattr(parts[0], name)
+            rows = sum(len(getattr(p, name)) for p in parts)
+
+            def write(f, name=name, first=first, rows=rows):
+                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(first.dtype),
+                                                         "fortran_order": False, "shape": (rows, *first.shape[1:])})
+                for p in parts:
+                    f.write(np.ascontiguousarray(getattr(p, name)).tobytes())
+
+            _write_checksummed(folder / f"{name}.npy", write)
+        _write_checksummed(folder / MANIFEST, lambda f: f.write(json.dumps({"arrays": names}).encode()))
+        for name in shards:
+            shutil.rmtree(self._outputs_dir(key, name, with_fmap), ignore_errors=True)
+        with open(self.root / "extracted.log", "a") as log:
+            log.write(json.dumps({"key": key, "split": split, "fmap": with_fmap, "shards": len(shards)}) + "\n")
+
+    def has_outputs(self, key: str, split: str, with_fmap: bool) -> bool:
+        return self.load_outputs(key, split, with_fmap) is not None
+
     def save_outputs(self, key: str, split: str, with_fmap: bool, out: Outputs) -> None:
         """One ``.npy`` per array (each checksummed), then the manifest naming them: an entry is complete only
         once its manifest is there."""
@@ -236,5 +274,5 @@ class ModelCache:
         for name, array in arrays.items():
             _write_checksummed(folder / f"{name}.npy", lambda f, a=array: np.save(f, np.asarray(a)))
         _write_checksummed(folder / MANIFEST, lambda f: f.write(json.dumps({"arrays": list(arrays)}).encode()))
-        with open(self.root / "extracted.log", "a") as log:
+        with open(self.root / ("shards.log" if "@" in split else "extracted.log"), "a") as log:
             log.write(json.dumps({"key": key, "split": split, "fmap": with_fmap}) + "\n")

@@ -24,8 +24,9 @@ import torch
 import methods
 from methods.base import Method
 from orchestrator.cache import ModelCache, config_key
-from orchestrator.data.base import Benchmark
-from orchestrator.evaluation import OutputStore, fit_scorer, test_matrix, validate
+from orchestrator.data.base import Benchmark, Split
+from orchestrator.data.lazy import select
+from orchestrator.evaluation import OutputStore, extract, fit_scorer, test_matrix, validate
 from orchestrator.knobs import Params
 from orchestrator.models import external
 from orchestrator.models.backbones import build_classifier
@@ -186,6 +187,34 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
     # Fit here only for scorers that share sweep work (fitting DMR's head or KIRBY's Grad-CAM would be wasted).
     work = fit_scorer(scorer, store).sweep_work(store) if scorer.shares_sweep_work else None
     return {"key": key, "outputs": outputs, "work": work, "trained": trained}
+
+
+def prepare_network(config: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict[str, Any]:
+    """Train (or find) the network of ``config``: its cache key, whether this call trained it, whether its scorer
+    reads the last feature map (what extraction must keep) — the first step of a sharded extraction."""
+    seed_everything(settings)
+    method = methods.get(settings.method)
+    params = trial_params(method, config, bench)
+    cache = ModelCache(settings.cache_dir)
+    _, key, trained = obtain_model(method, params, bench, settings, pick_device(), cache)
+    return {"key": key, "trained": trained, "with_fmap": method.scorer(params).reads_feature_map}
+
+
+def extract_shard(config: dict[str, Any], bench: Benchmark, settings: TrialSettings, split: str, start: int,
+                  stop: int, with_fmap: bool) -> str:
+    """Extract images ``start:stop`` of ``split`` with the (cached) network of ``config`` into the cache as a
+    shard entry, unless it is there already (an interrupted extraction resumes with the missing shards)."""
+    seed_everything(settings)
+    method = methods.get(settings.method)
+    params = trial_params(method, config, bench)
+    cache = ModelCache(settings.cache_dir)
+    model, key, _ = obtain_model(method, params, bench, settings, pick_device(), cache)
+    name = ModelCache.shard_name(split, start, stop)
+    if cache.load_outputs(key, name, with_fmap) is None:
+        part = bench.splits()[split]
+        piece = Split(select(part.x, slice(start, stop)), None if part.y is None else part.y[start:stop])
+        cache.save_outputs(key, name, with_fmap, extract(model.eval(), piece, pick_device(), with_fmap))
+    return name
 
 
 def seed_everything(settings: TrialSettings) -> None:

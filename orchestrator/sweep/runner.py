@@ -359,19 +359,24 @@ def _prewarm(method, space, fixed, bench, settings, resources, opts):
     """
     import ray
 
+    from orchestrator.sweep import extraction
     from orchestrator.trial import shared_outputs
 
     network = method.network_knobs()
     if method.trains() or any(k.name in network for k in space.knobs):
         return None, {}
     _say(opts, "Preparing the shared classifier and its outputs (trained once, cached by config hash)...")
+    trained_first = False
+    if extraction.needed(bench):  # large splits: extracted shard by shard on Ray tasks, resumable
+        net = extraction.extract_sharded(dict(fixed), bench, settings, resources, lambda msg: _say(opts, msg))
+        trained_first = bool(net["trained"])
     # Nothing else runs yet: give the preparation every CPU of the largest node.
     node_cpus = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
     cpus = max(resources["cpu"], node_cpus)
     task = ray.remote(shared_outputs).options(num_cpus=cpus, num_gpus=resources["gpu"], max_retries=opts.max_failures)
     ref = task.remote(dict(fixed), bench, dataclasses.replace(settings, threads=max(1, int(cpus))))
     done = ray.get(ref)  # surface a failure here, before any trial starts
-    return ref, {done["key"]: bool(done["trained"])}
+    return ref, {done["key"]: bool(done["trained"]) or trained_first}
 
 
 def _summarise(prep: Prepared, grid, sweep_run, started: float, res: SweepResult) -> SweepResult:
