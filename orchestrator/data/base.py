@@ -61,6 +61,10 @@ class Benchmark:
     #: Horizontal flips preserve labels (natural images, clothing: True; digits, text: False). Augmentations
     #: that flip read it (MODE's ``hflip: auto``).
     hflip_invariant: bool = False
+    #: Per-channel (mean, std) of the training images when known up front (ImageNet's); else computed once.
+    stats: tuple[list[float], list[float]] | None = None
+    #: False for benchmarks meant for a given network (``--model``): oodsweep does not train on them.
+    trainable: bool = True
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -68,6 +72,8 @@ class Benchmark:
 
     def mean_std(self) -> tuple[list[float], list[float]]:
         """Per-channel statistics of the training images (of a seeded sample of 2,000 when they are streamed)."""
+        if self.stats is not None:
+            return self.stats
         x = self.id_train.x
         if isinstance(x, ImageFiles):
             n = len(x)
@@ -75,6 +81,8 @@ class Benchmark:
         x = x.astype(np.float32) / 255.0
         mean = x.mean(axis=(0, 2, 3))
         std = x.std(axis=(0, 2, 3)) + 1e-6
+        if isinstance(self.id_train.x, ImageFiles):  # decoding the sample is slow: keep the result
+            self.stats = (mean.tolist(), std.tolist())
         return mean.tolist(), std.tolist()
 
     def splits(self) -> dict[str, Split]:
@@ -104,7 +112,7 @@ class Benchmark:
         return Benchmark(self.name, self.num_classes, self.id_train.take(n_train, rng), self.id_val.take(n_eval, rng),
                          self.id_test.take(n_eval, rng), small(self.ood_val), small(self.near), small(self.far),
                          dict(self.recipe), smoke=True, aux={k: v.take(n_train, rng) for k, v in self.aux.items()},
-                         hflip_invariant=self.hflip_invariant)
+                         hflip_invariant=self.hflip_invariant, stats=self.stats, trainable=self.trainable)
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -31,11 +31,17 @@ def resize_image(img: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarra
     from PIL import Image
 
     c, h, w = img.shape
-    if (h, w) == size:
+    if (h, w) == size and mode != "imagenet":
         return img
     th, tw = size
     pil = Image.fromarray(img[0] if c == 1 else img.transpose(1, 2, 0))
-    if mode == "crop":
+    if mode == "imagenet":  # torchvision's evaluation transform: shorter side to size/0.875 (256 for 224), centre crop
+        s = round(min(th, tw) / 0.875) / min(h, w)
+        nh, nw = max(th, round(h * s)), max(tw, round(w * s))
+        pil = pil.resize((nw, nh), Image.BILINEAR)
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        pil = pil.crop((left, top, left + tw, top + th))
+    elif mode == "crop":
         s = max(th / h, tw / w)
         nh, nw = max(th, round(h * s)), max(tw, round(w * s))
         pil = pil.resize((nw, nh), Image.BILINEAR)

@@ -59,7 +59,7 @@ OPENOOD_HINT = ("OpenOOD v1.5's benchmark_imglist/ and images_classic/ come from
                 "--save_dir <data root>")
 
 
-def _default_root(data_root: str | None) -> Path:
+def default_root(data_root: str | None) -> Path:
     if data_root:
         return Path(data_root).expanduser()
     return Path(os.environ.get("OODSWEEP_DATA", Path.home() / ".cache" / "oodsweep" / "data")).expanduser()
@@ -281,7 +281,7 @@ def load_openood(id_name: str, data_root: str | None = None, download: bool | No
     """Build ``cifar10`` or ``cifar100``; raises one DataUnavailable naming every missing set."""
     if id_name not in ("cifar10", "cifar100"):
         raise KeyError(f"no OpenOOD benchmark {id_name!r}")
-    root = _default_root(data_root)
+    root = default_root(data_root)
     download = _download_allowed() if download is None else download
     missing: list[str] = []
     download_error: list[str] = []  # after one failed download (offline), don't try the others

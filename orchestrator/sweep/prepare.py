@@ -211,6 +211,9 @@ def prepare(opts: SweepOptions, resuming: bool = False) -> Prepared:
         notes.append(f"{method.name} searches no knob: running 1 trial ({num_samples} would be identical; "
                      f"--seeds N repeats it with other seeds)")
         num_samples = 1
+    if not bench.trainable and not opts.model:
+        raise UsageError(f"{bench.name} is for scoring a given network: pass --model (e.g. "
+                         f"openood:resnet18_224x224 --weights best.ckpt, or torchvision:resnet50 --weights FILE)")
     model = _check_model(opts, method, bench) if opts.model else None
     posthoc = not method.trains() and not any(k.name in method.network_knobs() for k in space.knobs)
     batch_size = (BATCH_SIZE if opts.batch_size is None else opts.batch_size) if posthoc else 0
