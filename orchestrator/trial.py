@@ -33,6 +33,9 @@ from orchestrator.models.backbones import build_classifier
 from orchestrator.recipe import RECIPE_KNOBS
 from orchestrator.training import ModelProvider, Trainer, pick_device
 
+#: Prepared outputs up to this size travel to a sweep's trials through Ray's object store; larger ones are opened
+#: from the cache by path (memory-mapped) in each trial's process.
+SHIP_BYTES = 512 * 2**20
 #: Per-epoch validation fits the scorer on at most this many training samples (the final one uses all).
 EPOCH_FIT_SAMPLES = 2000
 
@@ -172,7 +175,9 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
     """Train (or load) the network of ``config`` and extract every split's outputs, once, for a whole sweep.
 
     The sweep runs this as one Ray task before its post-hoc trials and hands them the result through the
-    object store, so those trials never run the network (gradient scorers excepted).
+    object store, so those trials never run the network (gradient scorers excepted). Outputs larger than
+    ``SHIP_BYTES`` in all are not shipped: trials open them from the cache by path, memory-mapped (the cache must
+    then be visible to every node: a shared ``--cache-dir``).
     """
     seed_everything(settings)
     method = methods.get(settings.method)
@@ -186,6 +191,8 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
     outputs = {(name, with_fmap): store.get(name, with_fmap) for name in bench.splits()}
     # Fit here only for scorers that share sweep work (fitting DMR's head or KIRBY's Grad-CAM would be wasted).
     work = fit_scorer(scorer, store).sweep_work(store) if scorer.shares_sweep_work else None
+    if sum(a.nbytes for o in outputs.values() for a in (o.logits, o.features, o.fmap) if a is not None) > SHIP_BYTES:
+        outputs = {}  # trials read the cache's memory-mapped files instead (PosthocEvaluator, run_trial)
     return {"key": key, "outputs": outputs, "work": work, "trained": trained}
 
 
