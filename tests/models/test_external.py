@@ -157,3 +157,10 @@ def test_own_model_with_a_training_method_exits_2(tmp_path):
     _resnet18_file(tmp_path / "r18.pt")
     res = _sweep(tmp_path, "ascood")
     assert res.returncode == 2 and "--model works with post-hoc methods" in res.stderr
+
+
+def test_a_timm_model_where_timm_is_installed(tmp_path):
+    timm = pytest.importorskip("timm", reason="timm is an optional dependency (pip install timm)")
+    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=3).state_dict(), tmp_path / "t.pt")
+    model = external.build(external.parse("timm:resnet18", str(tmp_path / "t.pt")), 3, (0.5,) * 3, (0.5,) * 3)
+    assert model.forward_all(torch.rand(1, 3, 64, 64))[0].shape == (1, 3)
