@@ -92,18 +92,21 @@ def obtain_model(method: Method, params: Params, bench: Benchmark, settings: Tri
 
     Returns (model on ``device``, cache key, whether this call trained it).
     """
-    if settings.model is not None:  # the user's network: nothing to train, its weights' hash keys the features
+    user = settings.model is not None  # the user's network (--model); its weights' hash keys what derives from it
+    if user and not method.trains():  # post-hoc: nothing to train
         return external_model(settings.model, bench, settings), external_key(settings.model, bench, settings), False
     spec = training_spec(method, params, bench, settings)
+    if user:  # a fine-tuning method starts from the user's network instead of the shared classifier
+        spec = {**spec, "base": external_key(settings.model, bench, settings)}
     key = config_key(spec)
-    model = build_model(method, params, bench)
+    model = external_model(settings.model, bench, settings) if user else build_model(method, params, bench)
     if cache.load_model(key, model):
         return model.to(device), key, False
     with cache.lock(key):  # concurrent trials wanting the same network wait here instead of training it too
         if cache.load_model(key, model):
             return model.to(device), key, False
         started = time.time()
-        if method.finetunes:
+        if method.finetunes and not user:
             base, _, _ = obtain_model(CrossEntropyClassifier(), base_params(params), bench, settings, device, cache)
             model.load_state_dict(base.state_dict(), strict=False)
         model.to(device)

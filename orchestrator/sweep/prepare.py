@@ -231,9 +231,9 @@ def _check_model(opts: SweepOptions, method, bench: Benchmark) -> dict[str, Any]
 
     from orchestrator.models import external
 
-    if method.trains():
-        raise UsageError(f"--model works with post-hoc methods; {method.name} trains its own network (fine-tuning "
-                         f"a given model is not supported yet)")
+    if method.trains() and not method.finetunes:
+        raise UsageError(f"--model works with post-hoc and fine-tuning methods (UM, UMAP, MODE, OAML); "
+                         f"{method.name} trains its own network from scratch")
     try:
         spec = external.parse(opts.model, opts.weights, opts.model_layers)
         model = external.build(spec, bench.num_classes, *bench.mean_std())

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.models import external
 from tests.conftest import ROOT
+from tests.folder_images import folder_benchmark
 from tests.folder_images import folder_benchmark as _folder_benchmark
 
 
@@ -156,7 +157,7 @@ def test_own_model_with_a_training_method_exits_2(tmp_path):
     _folder_benchmark(tmp_path)
     _resnet18_file(tmp_path / "r18.pt")
     res = _sweep(tmp_path, "ascood")
-    assert res.returncode == 2 and "--model works with post-hoc methods" in res.stderr
+    assert res.returncode == 2 and "trains its own network from scratch" in res.stderr
 
 
 def test_a_timm_model_where_timm_is_installed(tmp_path):
@@ -164,3 +165,15 @@ def test_a_timm_model_where_timm_is_installed(tmp_path):
     torch.save(timm.create_model("resnet18", pretrained=False, num_classes=3).state_dict(), tmp_path / "t.pt")
     model = external.build(external.parse("timm:resnet18", str(tmp_path / "t.pt")), 3, (0.5,) * 3, (0.5,) * 3)
     assert model.forward_all(torch.rand(1, 3, 64, 64))[0].shape == (1, 3)
+
+
+def test_a_fine_tuning_method_starts_from_the_given_network(tmp_path):
+    from orchestrator import data as benchmarks
+    from orchestrator.cache import ModelCache
+    from orchestrator.trial import TrialSettings, run_trial
+
+    bench = benchmarks.load(str(folder_benchmark(tmp_path)))
+    spec = external.parse("torchvision:resnet18", _resnet18_file(tmp_path / "r18.pt"))
+    settings = TrialSettings("um", cache_dir=str(tmp_path / "cache"), model=spec.__dict__)
+    result = run_trial({"finetune_epochs": 1, "batch_size": 32}, bench, settings)
+    assert result["trained_model"] and ModelCache(tmp_path / "cache").trained_count() == 1
