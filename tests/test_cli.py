@@ -26,7 +26,7 @@ BAD_SPACES = {
 
 @pytest.mark.parametrize("args, message", [
     (["sweep", "no-such-method"], "unknown method 'no-such-method' (known: ascood, csd,"),
-    (["sweep", "ascood", "--benchmark", "no-such-bench"], "unknown benchmark 'no-such-bench' (known: cifar10, cifar100, digits, fashion-mnist)"),
+    (["sweep", "ascood", "--benchmark", "no-such-bench"], "unknown benchmark 'no-such-bench' (known: cifar10, cifar100, digits, fashion-mnist, imagenet, imagenet200)"),
     (["sweep", "ascood", "--benchmark", "digit"], "unknown benchmark 'digit'; did you mean 'digits'?"),
     (["sweep", "ascood", "--search-space", "bad.yaml"], "bad.yaml: space.p_inv: low (0.5) is above high (0.01)"),
     (["sweep", "ascood", "--search-space", "misspelled.yaml"],
