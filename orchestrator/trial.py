@@ -248,23 +248,36 @@ def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
     cache = ModelCache(settings.cache_dir)
     started = time.time()
     model, key, trained_here = obtain_model(method, params, bench, settings, device, cache, report, checkpoint)
-    model.eval()
-    persist = functools.partial(cache.outputs, key)
-    if shared and shared.get("key") == key:
-        known = shared["outputs"]
-        persist = lambda name, fmap, compute: known.get((name, fmap)) or cache.outputs(key, name, fmap, compute)  # noqa: E731
-    store = OutputStore(model, bench, device, persist=persist)
-    result = evaluate(method, params, store, settings, shared if shared and shared.get("key") == key else None)
+    mine = shared if shared and shared.get("key") == key else None  # the sweep's prepared outputs fit this network
+    store = store_for(model.eval(), bench, device, cache, key, mine)
+    result = evaluate(method, params, store, settings, mine)
     result.update({"model_key": key, "trained_model": trained_here, "trial_seconds": time.time() - started})
     return result
+
+
+def store_for(model, bench: Benchmark, device, cache: ModelCache, key: str, shared: dict | None = None) -> OutputStore:
+    """An OutputStore of ``model`` (cache key ``key``) whose outputs come from ``shared`` — a sweep's prepared
+    outputs of this network (:func:`shared_outputs`) — where it holds them, else from the cache (extracted once)."""
+    known = shared["outputs"] if shared else {}
+
+    def persist(name: str, with_fmap: bool, compute):
+        return known.get((name, with_fmap)) or cache.outputs(key, name, with_fmap, compute)
+
+    return OutputStore(model, bench, device, persist=persist)
+
+
+def fitted_scorer(method: Method, params: Params, store: OutputStore, shared: dict | None = None):
+    """The scorer of ``params`` fitted on ``store``, adopting the sweep work in ``shared`` (e.g. KNN's tables)."""
+    scorer = fit_scorer(method.scorer(params), store)
+    if shared and shared.get("work") is not None:
+        scorer.adopt(shared["work"])
+    return scorer
 
 
 def evaluate(method: Method, params: Params, store: OutputStore, settings: TrialSettings,
              shared: dict | None = None) -> dict[str, Any]:
     """Fit the scorer of ``params`` on ``store``'s network, validate, and evaluate the test matrix."""
-    scorer = fit_scorer(method.scorer(params), store)
-    if shared and shared.get("work") is not None:
-        scorer.adopt(shared["work"])
+    scorer = fitted_scorer(method, params, store, shared)
     result = validate(scorer, store, settings.convention)
     matrix = test_matrix(scorer, store, settings.convention)
     result.update(matrix.flat())
@@ -292,9 +305,7 @@ class PosthocEvaluator:
             if key != self.shared["key"]:
                 raise RuntimeError(f"configuration needs network {key}, but this evaluator holds "
                                    f"{self.shared['key']}: a searched knob changes the network")
-            known = self.shared["outputs"]
-            persist = lambda name, fmap, compute: known.get((name, fmap)) or cache.outputs(key, name, fmap, compute)  # noqa: E731
-            self._store = OutputStore(model.eval(), self.bench, pick_device(), persist=persist)
+            self._store = store_for(model.eval(), self.bench, pick_device(), cache, key, self.shared)
         return self._store
 
     def __call__(self, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -111,13 +111,12 @@ def best_scores(prep, config: dict[str, Any], settings,
     trials wrote to); outputs come from the cache too, so this is a scorer fit plus a scorer call. ``shared``: a
     post-hoc sweep's prepared outputs and sweep work (e.g. KNN's neighbour tables), used instead of recomputing.
     """
-    import functools
 
     import methods
     from orchestrator.cache import ModelCache
-    from orchestrator.evaluation import OutputStore, fit_scorer, score_split
+    from orchestrator.evaluation import score_split
     from orchestrator.training import pick_device
-    from orchestrator.trial import obtain_model, seed_everything, trial_params
+    from orchestrator.trial import fitted_scorer, obtain_model, seed_everything, store_for, trial_params
 
     opts, bench = prep.opts, prep.bench
     method = methods.get(opts.method)
@@ -126,14 +125,9 @@ def best_scores(prep, config: dict[str, Any], settings,
     device = pick_device()
     cache = ModelCache(opts.cache_dir)
     model, key, _ = obtain_model(method, params, bench, settings, device, cache)
-    persist = functools.partial(cache.outputs, key)
-    if shared and shared.get("key") == key:
-        known = shared["outputs"]
-        persist = lambda name, fmap, compute: known.get((name, fmap)) or cache.outputs(key, name, fmap, compute)  # noqa: E731
-    store = OutputStore(model.eval(), bench, device, persist=persist)
-    scorer = fit_scorer(method.scorer(params), store)
-    if shared and shared.get("key") == key and shared.get("work") is not None:
-        scorer.adopt(shared["work"])
+    mine = shared if shared and shared.get("key") == key else None  # the sweep's prepared outputs fit this network
+    store = store_for(model.eval(), bench, device, cache, key, mine)
+    scorer = fitted_scorer(method, params, store, mine)
     s_id = score_split(scorer, store, "id_test")
     ood = {name: (group, score_split(scorer, store, f"{group}/{name}"))
            for group, sets in (("near", bench.near), ("far", bench.far)) for name in sets}
