@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import weakref
 from collections import OrderedDict
 from numbers import Integral
 
@@ -41,6 +42,28 @@ SHARD_ROWS = 32_768
 
 def _digest(a: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=16).hexdigest()
+
+
+#: Normalised copies (and their digests) of the feature arrays this process scored, by identity: every trial of a
+#: k sweep scores the same outputs (an evaluator holds them), which are then normalised and hashed once, not per
+#: trial. Outputs are never modified in place (they come from extraction or the read-only feature store).
+_NORMALISED: dict[int, tuple[weakref.ref, np.ndarray, str]] = {}
+
+
+def normalised(features: np.ndarray) -> tuple[np.ndarray, str]:
+    """(``l2_normalise(features)``, its digest), computed once per array object while it lives."""
+    key = id(features)
+    entry = _NORMALISED.get(key)
+    if entry is not None and entry[0]() is features:
+        return entry[1], entry[2]
+    normal = l2_normalise(features)
+    digest = _digest(normal)
+    try:
+        ref = weakref.ref(features, lambda _: _NORMALISED.pop(key, None))
+    except TypeError:  # not an ndarray (a list): nothing to remember it by
+        return normal, digest
+    _NORMALISED[key] = (ref, normal, digest)
+    return normal, digest
 
 
 def check_k(k) -> int:
@@ -154,10 +177,10 @@ class KnnScorer(FeatureScorer):
             self._bank_digest = f"{features.filename}:{st.st_size}:{st.st_mtime_ns}:{features.offset}"
             self._index = None
             return self
-        self.bank_ = l2_normalise(features)
+        self.bank_, digest = normalised(features)
         # Memoised tables are per bank and per search (approximate tables differ from exact ones).
         search = "" if self.kind == "flat" else f"ivf/{self.nlist}/{self.nprobe}"
-        self._bank_digest = _digest(self.bank_) + search
+        self._bank_digest = digest + search
         self._index = None
         return self
 
@@ -175,7 +198,7 @@ class KnnScorer(FeatureScorer):
         """Neighbour tables (MEMO_WIDTH wide) of every scored split, computed once for a whole k sweep."""
         for name in store.bench.splits():
             if name != "id_train":
-                self._table(l2_normalise(store.get(name).features), MEMO_WIDTH)
+                self._table(*normalised(store.get(name).features), MEMO_WIDTH)
         return {key: table for key, table in _MEMO.items() if key[0] == self._bank_digest}
 
     def adopt(self, work: dict) -> None:
@@ -183,8 +206,8 @@ class KnnScorer(FeatureScorer):
         while len(_MEMO) > MEMO_ENTRIES:
             _MEMO.popitem(last=False)
 
-    def _table(self, queries: np.ndarray, k: int) -> np.ndarray:
-        key = (self._bank_digest, _digest(queries))
+    def _table(self, queries: np.ndarray, digest: str, k: int) -> np.ndarray:
+        key = (self._bank_digest, digest)
         table = _MEMO.get(key)
         if table is None or table.shape[1] < k:
             width = min(max(k, MEMO_WIDTH), len(self.bank_))
@@ -218,7 +241,7 @@ class KnnScorer(FeatureScorer):
         if self.bank_ is None:
             raise RuntimeError("KnnScorer used before fit")
         k = min(self.k, len(self.bank_))
-        table = self._table(l2_normalise(outputs.features), k)
+        table = self._table(*normalised(outputs.features), k)
         # IVF may find fewer than k neighbours in the cells it probes (faiss pads with the largest float): the
         # farthest one found then stands in for the k-th.
         kth = table[:, k - 1].astype(np.float64)

@@ -7,15 +7,22 @@ Scores are ID-ness scores (higher = more in-distribution).
   * ``classic`` (ODIN, Energy, KNN, UM papers): fraction of OOD accepted at the threshold that accepts 95 % of ID.
   * ``openood`` (OpenOOD v1.5, pytorch-ood): fraction of ID rejected at the first ROC point where ≥ 95 % of OOD
     is rejected.
+
+The curves are scikit-learn's (``roc_curve``, ``precision_recall_curve``, ``auc``: the functions OpenOOD calls),
+computed here from one sort of the scores instead of through scikit-learn, deliberately: a post-hoc trial computes
+24 curves, and scikit-learn's per-call input validation was most of a trial's scoring time, while importing it
+(with SciPy's statistics and pandas) cost ~1.3 s in every Ray worker. ``tests/test_metrics.py`` checks every
+number against scikit-learn's, ties included.
 """
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics as skm
 
 CONVENTIONS = ("classic", "openood")
 COLUMNS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 COLUMN_TITLES = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR@95"}
+#: The recall (true positive rate) FPR@95 is read at.
+TPR_LEVEL = 0.95
 
 
 def _check(s_id, s_ood):
@@ -28,31 +35,71 @@ def _check(s_id, s_ood):
     return s_id, s_ood
 
 
+class _Curves:
+    """Confusion counts at every distinct threshold, for both directions, from one sort of the scores.
+
+    ``tp_in``/``fp_in``: ID positive, threshold on S, thresholds descending — scikit-learn's
+    ``confusion_matrix_at_thresholds(is_id, S)``; ``tp_out``/``fp_out``: OOD positive, threshold on −S (ascending S).
+    Ties form one threshold, so the order among equal scores does not matter.
+    """
+
+    def __init__(self, s_id: np.ndarray, s_ood: np.ndarray):
+        scores = np.concatenate([s_id, s_ood])
+        is_id = np.zeros(len(scores))
+        is_id[:len(s_id)] = 1.0
+        order = np.argsort(scores, kind="stable")
+        ascending, id_asc = scores[order], is_id[order]
+        # Descending S (ID positive): the last index of each run of equal scores, read from the top.
+        desc, id_desc = ascending[::-1], id_asc[::-1]
+        ends = np.r_[np.flatnonzero(np.diff(desc)), len(desc) - 1]
+        self.tp_in = np.cumsum(id_desc)[ends]
+        self.fp_in = 1.0 + ends - self.tp_in
+        # Ascending S = descending −S (OOD positive).
+        ends = np.r_[np.flatnonzero(np.diff(ascending)), len(ascending) - 1]
+        self.tp_out = np.cumsum(1.0 - id_asc)[ends]
+        self.fp_out = 1.0 + ends - self.tp_out
+
+
+def _roc(tp: np.ndarray, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) from (0, 0) through every threshold (``roc_curve(..., drop_intermediate=False)``)."""
+    return np.r_[0.0, fp] / fp[-1], np.r_[0.0, tp] / tp[-1]
+
+
+def _aupr(tp: np.ndarray, fp: np.ndarray) -> float:
+    """``auc(recall, precision)`` of ``precision_recall_curve``: its points run from the lowest threshold to the
+    highest, then (recall 0, precision 1); recall decreases, so the area is the negated trapezoid sum."""
+    precision = np.r_[(tp / (tp + fp))[::-1], 1.0]
+    recall = np.r_[(tp / tp[-1])[::-1], 0.0]
+    return float(-np.trapezoid(precision, recall))
+
+
+def _fpr_at(tp: np.ndarray, fp: np.ndarray) -> float:
+    fpr, tpr = _roc(tp, fp)
+    return float(fpr[np.argmax(tpr >= TPR_LEVEL)])
+
+
 def fpr_at_95(s_id, s_ood, convention: str = "classic") -> float:
-    s_id, s_ood = _check(s_id, s_ood)
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown FPR@95 convention {convention!r}; choose one of {CONVENTIONS}")
+    return _fpr95(_Curves(*_check(s_id, s_ood)), convention)
+
+
+def _fpr95(c: _Curves, convention: str) -> float:
     if convention == "classic":
         # ID positive: FPR (OOD accepted) at the first ROC point with TPR (ID accepted) ≥ 95 %.
-        labels = np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))]
-        fpr, tpr, _ = skm.roc_curve(labels, np.r_[s_id, s_ood], drop_intermediate=False)
-    elif convention == "openood":
-        # OOD positive, score −S: FPR (ID rejected) at the first ROC point with TPR (OOD rejected) ≥ 95 %.
-        labels = np.r_[np.zeros(len(s_id)), np.ones(len(s_ood))]
-        fpr, tpr, _ = skm.roc_curve(labels, -np.r_[s_id, s_ood], drop_intermediate=False)
-    else:
-        raise ValueError(f"unknown FPR@95 convention {convention!r}; choose one of {CONVENTIONS}")
-    return float(fpr[np.argmax(tpr >= 0.95)])
+        return _fpr_at(c.tp_in, c.fp_in)
+    # openood — OOD positive, score −S: FPR (ID rejected) at the first ROC point with TPR (OOD rejected) ≥ 95 %.
+    return _fpr_at(c.tp_out, c.fp_out)
 
 
 def ood_metrics(s_id, s_ood, convention: str = "classic") -> dict[str, float]:
     """AUROC, AUPR-In, AUPR-Out and FPR@95 (the given convention) for one OOD set."""
-    s_id, s_ood = _check(s_id, s_ood)
-    scores = np.r_[s_id, s_ood]
-    is_id = np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))]
-    fpr, tpr, _ = skm.roc_curve(is_id, scores)
-    p_in, r_in, _ = skm.precision_recall_curve(is_id, scores)
-    p_out, r_out, _ = skm.precision_recall_curve(1 - is_id, -scores)
-    return {"auroc": float(skm.auc(fpr, tpr)), "aupr_in": float(skm.auc(r_in, p_in)),
-            "aupr_out": float(skm.auc(r_out, p_out)), "fpr95": fpr_at_95(s_id, s_ood, convention)}
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown FPR@95 convention {convention!r}; choose one of {CONVENTIONS}")
+    c = _Curves(*_check(s_id, s_ood))
+    fpr, tpr = _roc(c.tp_in, c.fp_in)
+    return {"auroc": float(np.trapezoid(tpr, fpr)), "aupr_in": _aupr(c.tp_in, c.fp_in),
+            "aupr_out": _aupr(c.tp_out, c.fp_out), "fpr95": _fpr95(c, convention)}
 
 
 def ood_matrix(s_id, near: dict, far: dict, id_acc: float | None = None, convention: str = "classic") -> OODMatrix:

@@ -71,3 +71,35 @@ def test_matrix_groups_means_and_flat_names():
     text = m.format()
     assert "FPR@95 (classic)" in text and "near (mean)" in text and "ID accuracy: 50.00%" in text
     assert m.to_csv().splitlines()[0] == "ood_dataset,group,auroc,aupr_in,aupr_out,fpr95"
+
+
+def _sklearn_reference(s_id, s_ood, convention):
+    """The same metrics through scikit-learn's curves (what OpenOOD calls), for the equivalence tests."""
+    from sklearn import metrics as skm
+
+    scores = np.r_[s_id, s_ood]
+    is_id = np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))]
+    fpr, tpr, _ = skm.roc_curve(is_id, scores)
+    p_in, r_in, _ = skm.precision_recall_curve(is_id, scores)
+    p_out, r_out, _ = skm.precision_recall_curve(1 - is_id, -scores)
+    if convention == "classic":
+        f, t, _ = skm.roc_curve(is_id, scores, drop_intermediate=False)
+    else:
+        f, t, _ = skm.roc_curve(1 - is_id, -scores, drop_intermediate=False)
+    return {"auroc": skm.auc(fpr, tpr), "aupr_in": skm.auc(r_in, p_in), "aupr_out": skm.auc(r_out, p_out),
+            "fpr95": f[np.argmax(t >= 0.95)]}
+
+
+@pytest.mark.parametrize("convention", ["classic", "openood"])
+@pytest.mark.parametrize("case", ["continuous", "ties", "tiny"])
+def test_equals_scikit_learn(case, convention):
+    rng = np.random.default_rng(7)
+    if case == "continuous":
+        s_id, s_ood = rng.normal(1, 1, 3000), rng.normal(0, 1.5, 1700)
+    elif case == "ties":  # scores on a coarse grid: many ties within and across the two sets
+        s_id, s_ood = rng.integers(0, 12, 900).astype(float), rng.integers(-3, 8, 600).astype(float)
+    else:
+        s_id, s_ood = np.array([0.2, 0.2, 0.9]), np.array([0.2, 0.5])
+    ours = ood_metrics(s_id, s_ood, convention)
+    reference = _sklearn_reference(s_id, s_ood, convention)
+    assert ours == pytest.approx(reference, abs=1e-12)
