@@ -178,9 +178,10 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
     """Train (or load) the network of ``config`` and extract every split's outputs, once, for a whole sweep.
 
     The sweep runs this as one Ray task before its post-hoc trials and hands them the result through the
-    object store, so those trials never run the network (gradient scorers excepted). Outputs larger than
-    ``SHIP_BYTES`` in all are not shipped: trials open them from the cache by path, memory-mapped (the cache must
-    then be visible to every node: a shared ``--cache-dir``).
+    object store, so those trials never run the network (gradient scorers excepted). Only the splits the method
+    reads are extracted: the training split only for scorers fitted on it. Outputs larger than ``SHIP_BYTES`` in
+    all are not shipped: trials open them from the cache by path, memory-mapped (the cache must then be visible to
+    every node: a shared ``--cache-dir``).
     """
     seed_everything(settings)
     method = methods.get(settings.method)
@@ -191,7 +192,8 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
     scorer = method.scorer(params)
     with_fmap = scorer.reads_feature_map
     store = OutputStore(model.eval(), bench, device, persist=functools.partial(cache.outputs, key))
-    outputs = {(name, with_fmap): store.get(name, with_fmap) for name in bench.splits()}
+    outputs = {(name, with_fmap): store.get(name, with_fmap) for name in bench.splits()
+               if name != "id_train" or scorer.needs_fit}
     # Fit here only for scorers that share sweep work (fitting DMR's head or KIRBY's Grad-CAM would be wasted).
     work = fit_scorer(scorer, store).sweep_work(store) if scorer.shares_sweep_work else None
     if sum(a.nbytes for o in outputs.values() for a in (o.logits, o.features, o.fmap) if a is not None) > SHIP_BYTES:

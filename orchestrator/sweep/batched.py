@@ -56,17 +56,44 @@ class Outcomes(list):
 
 
 class Evaluator:
-    """Ray actor: a :class:`orchestrator.trial.PosthocEvaluator` that scores batches of configurations."""
+    """Ray actor: prepares the sweep's shared network and outputs (the pool's first actor) or holds the prepared
+    ones (the others), then scores batches of configurations with a :class:`orchestrator.trial.PosthocEvaluator`."""
 
     def __init__(self, refs: list, settings: dict[str, Any]):
         import ray
 
-        from orchestrator.trial import PosthocEvaluator, TrialSettings
+        from orchestrator.trial import TrialSettings
 
-        # The benchmark and the shared outputs come as references inside a list, fetched here: Ray then does not
-        # count them as constructor arguments it must keep to restart the actor (the driver keeps them alive).
-        bench, shared = ray.get(refs)
-        self.evaluate = PosthocEvaluator(bench, TrialSettings(**settings), shared)
+        # The benchmark comes as a reference inside a list, fetched here: Ray then does not count it as a
+        # constructor argument it must keep to restart the actor (the driver keeps it alive).
+        (self.bench,) = ray.get(refs)
+        self.settings = TrialSettings(**settings)
+        self.evaluate = None
+
+    def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Train or load the network of ``config`` and extract its outputs (:func:`orchestrator.trial.shared_outputs`)
+        with every CPU of this node — the other evaluators wait for the result — and keep them for scoring."""
+        import dataclasses
+
+        import ray
+
+        from orchestrator.trial import PosthocEvaluator, shared_outputs
+
+        node = ray.get_runtime_context().get_node_id()
+        cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == node), 0)
+        threads = max(1, int(max(cpus, self.settings.threads)))
+        shared = shared_outputs(config, self.bench, dataclasses.replace(self.settings, threads=threads))
+        self.evaluate = PosthocEvaluator(self.bench, self.settings, shared)
+        return shared
+
+    def hold(self, refs: list) -> None:
+        """Score with the outputs another evaluator prepared (``[ObjectRef]``: read from the object store)."""
+        import ray
+
+        from orchestrator.trial import PosthocEvaluator
+
+        (shared,) = ray.get(refs)
+        self.evaluate = PosthocEvaluator(self.bench, self.settings, shared)
 
     def run(self, configs: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, str | None]]:
         out = []
@@ -76,6 +103,102 @@ class Evaluator:
             except Exception as exc:  # noqa: BLE001 - one configuration failing is that trial's end, not the batch's
                 out.append((None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         return out
+
+
+class EvaluatorPool:
+    """A post-hoc sweep's evaluator actors and the network they share.
+
+    The first actor starts at once (it imports PyTorch and loads the benchmark while the driver opens its MLflow
+    runs) and prepares the network and its outputs inside its own process (:meth:`Evaluator.prepare`) with every
+    CPU of its node; the others start once that is done (:meth:`grow`: they would only compete with it for CPUs)
+    and hold the result from the object store, while the first already scores. There is no separate preparation
+    process, and the actor that prepared keeps the outputs it made. A lost actor is replaced by one that holds the
+    same outputs.
+    """
+
+    def __init__(self, prep):
+        import ray
+
+        self._cls = ray.remote(Evaluator).options(num_cpus=prep.resources["cpu"], num_gpus=prep.resources["gpu"])
+        self._refs = [ray.put(prep.bench)]
+        self._settings = prep.trial_settings().as_dict()
+        self.actors = [self._start()]
+        #: ObjectRef of :func:`orchestrator.trial.shared_outputs`' result, once :meth:`prepared` succeeded.
+        self.shared = None
+
+    def _start(self):
+        return self._cls.remote(self._refs, self._settings)
+
+    def submit_prepare(self, config: dict[str, Any]):
+        """Start the preparation on the first actor; returns its ObjectRef (:meth:`prepared` waits for it)."""
+        return self.actors[0].prepare.remote(dict(config))
+
+    def prepared(self, ref, config: dict[str, Any], retries: int) -> dict[str, Any]:
+        """Wait for the preparation ``ref``; a lost actor is replaced and the preparation rerun, up to ``retries``
+        times (its failure otherwise fails the sweep here, before any trial)."""
+        import ray
+
+        for attempt in range(retries + 1):
+            try:
+                done = ray.get(ref)
+                break
+            except ray.exceptions.RayActorError:
+                if attempt == retries:
+                    raise
+                ray.kill(self.actors[0])
+                self.actors[0] = self._start()
+                ref = self.submit_prepare(config)
+        self.shared = ref
+        return done
+
+    def _holding(self):
+        actor = self._start()
+        actor.hold.remote([self.shared])
+        return actor
+
+    def grow(self, count: int) -> dict:
+        """Start actors holding the prepared outputs until there are ``count``; returns {ObjectRef that is ready
+        when the actor holds them: actor} (a batch sent earlier would wait for the actor's start-up)."""
+        new = {}
+        for _ in range(count - len(self.actors)):
+            actor = self._start()
+            new[actor.hold.remote([self.shared])] = actor
+            self.actors.append(actor)
+        return new
+
+    def drop(self, actor) -> None:
+        """Stop using ``actor`` (it failed to start)."""
+        import ray
+
+        self.actors.remove(actor)
+        ray.kill(actor)
+
+    def replace(self, actor):
+        """A new actor, holding the prepared outputs, in place of ``actor`` (lost with its worker or node)."""
+        import ray
+
+        new = self._holding()
+        self.actors[self.actors.index(actor)] = new
+        ray.kill(actor)
+        return new
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+def capacity(prep) -> int:
+    """How many evaluators the cluster can hold at once (an actor that cannot be placed would hold its batch
+    forever; Tune likewise starts only the trials that fit)."""
+    import ray
+
+    total = ray.cluster_resources()
+    needs = {"CPU": prep.resources["cpu"], "GPU": prep.resources["gpu"]}
+    fits = [total.get(name, 0) // need for name, need in needs.items() if need > 0]
+    return max(1, int(min(fits)))
 
 
 def trial_id(number: int) -> str:
@@ -92,20 +215,9 @@ def _values(result: dict[str, Any], objectives: list[tuple[str, str]]) -> list[f
     return [float(result[metric]) for metric, _ in objectives]
 
 
-def _capacity(prep) -> int:
-    """How many evaluators the cluster can hold at once (an actor that cannot be placed would hold its batch
-    forever; Tune likewise starts only the trials that fit)."""
-    import ray
-
-    total = ray.cluster_resources()
-    needs = {"CPU": prep.resources["cpu"], "GPU": prep.resources["gpu"]}
-    fits = [total.get(name, 0) // need for name, need in needs.items() if need > 0]
-    return max(1, int(min(fits)))
-
-
-def run(prep, shared_ref, stored, logger, progress, signals, batch_size: int) -> Outcomes:
-    """Run the sweep's remaining configurations; returns every finished one (earlier runs of a resumed sweep
-    included). Returns early, with ``signals.received`` set, when the user stops the sweep."""
+def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size: int) -> Outcomes:
+    """Run the sweep's remaining configurations on ``pool`` (prepared); returns every finished one (earlier runs
+    of a resumed sweep included). Returns early, with ``signals.received`` set, when the user stops the sweep."""
     import optuna
     import ray
 
@@ -146,11 +258,9 @@ def run(prep, shared_ref, stored, logger, progress, signals, batch_size: int) ->
 
     # Lost actors are replaced here rather than by Ray's max_restarts, which warns on the terminal about actors
     # whose constructor arguments live in the object store.
-    cls = ray.remote(Evaluator).options(num_cpus=prep.resources["cpu"], num_gpus=prep.resources["gpu"])
-    settings = prep.trial_settings().as_dict()
-    refs = [ray.put(prep.bench), shared_ref]
-    actors = [cls.remote(refs, settings) for _ in range(min(prep.max_concurrent, remaining, _capacity(prep)))]
-    idle = list(actors)
+    # The preparing actor scores at once; the others join the moment they hold the prepared outputs.
+    joining = pool.grow(min(prep.max_concurrent, remaining, capacity(prep)))
+    idle = [a for a in pool.actors if a not in joining.values()]
     running: dict[Any, tuple[Any, list, int]] = {}  # ObjectRef -> (actor, [(optuna trial, config)], attempt)
     progress.update(done)
     try:
@@ -168,17 +278,23 @@ def run(prep, shared_ref, stored, logger, progress, signals, batch_size: int) ->
                 progress.running = sum(len(b) for _, b, _ in running.values())
             if signals.received:
                 break
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
+            ready, _ = ray.wait([*running, *joining], num_returns=1, timeout=POLL_SECONDS)
             if not ready:
                 progress.heartbeat()
+                continue
+            if ready[0] in joining:
+                actor = joining.pop(ready[0])
+                try:
+                    ray.get(ready[0])
+                    idle.append(actor)
+                except ray.exceptions.RayError:  # it could not start: the others carry on without it
+                    pool.drop(actor)
                 continue
             actor, batch, attempt = running.pop(ready[0])
             try:
                 results = ray.get(ready[0])
             except ray.exceptions.RayActorError as exc:  # the worker or its node was lost: a new actor
-                actors.remove(actor)
-                actor = cls.remote(refs, settings)
-                actors.append(actor)
+                actor = pool.replace(actor)
                 if attempt < opts.max_failures:
                     running[actor.run.remote([c for _, c, _ in batch])] = (actor, batch, attempt + 1)
                     continue
@@ -211,8 +327,7 @@ def run(prep, shared_ref, stored, logger, progress, signals, batch_size: int) ->
                 keep(trial)
                 logger.record(new_id(trial.number), config, "KILLED" if signals.received else "FAILED",
                               started_ms=started)
-        for actor in actors:
-            ray.kill(actor)
+        pool.close()
         logger.close([{"trial_id": o.trial_id, "config": o.config, "result": o.metrics, "error": o.error}
                       for o in done])
     return done

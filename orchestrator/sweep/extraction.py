@@ -25,6 +25,13 @@ def _merge(cache_dir: str | None, key: str, split: str, with_fmap: bool, shards:
     ModelCache(cache_dir).merge_shards(key, split, with_fmap, shards)
 
 
+def largest_node_cpus() -> int:
+    """CPUs of the cluster's largest live node: what a task may use when nothing else runs yet."""
+    import ray
+
+    return max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
+
+
 def needed(bench, shard_images: int = SHARD_IMAGES) -> bool:
     """Whether any split is large enough to shard (small benchmarks are extracted by one task, as before)."""
     return any(len(part) > shard_images for part in bench.splits().values())
@@ -51,8 +58,7 @@ def extract_sharded(config: dict[str, Any], bench, settings, resources: dict[str
     from orchestrator.cache import ModelCache
     from orchestrator.trial import extract_shard, prepare_network
 
-    node_cpus = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
-    cpus = max(resources["cpu"], node_cpus)
+    cpus = max(resources["cpu"], largest_node_cpus())
     net = ray.get(ray.remote(prepare_network).options(num_cpus=cpus, num_gpus=resources["gpu"]).remote(
         dict(config), bench, dataclasses.replace(settings, threads=max(1, int(cpus)))))
     cache = ModelCache(settings.cache_dir)

@@ -20,7 +20,7 @@ import methods
 from orchestrator import search_space
 from orchestrator.errors import UsageError
 from orchestrator.metrics import OODMatrix
-from orchestrator.sweep import scheduling, state, study
+from orchestrator.sweep import extraction, scheduling, state, study
 from orchestrator.sweep.interrupt import StopSignals
 from orchestrator.sweep.prepare import Prepared, SweepOptions
 from orchestrator.tracking.runs import STUDY_TAG
@@ -232,7 +232,17 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     tags = {"method": method.name, "benchmark": bench.name, "paper": method.paper}
     if method.substitute:
         tags["substitute"] = method.substitute
-    sweep_run, status_before = _open_parent_run(prep, method, tags)
+    # A post-hoc sweep's evaluators start now and prepare the shared network while MLflow opens the parent run
+    # (unless large splits must be extracted by Ray tasks first: the evaluators would hold their CPUs).
+    pool = preparing = None
+    if prep.batch_size and not extraction.needed(bench):
+        pool, preparing = _start_pool(prep)
+    try:
+        sweep_run, status_before = _open_parent_run(prep, method, tags)
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
     if not prep.resume:
         state.write(prep, sweep_run.run_id)
     _say(opts, f"Sweep {prep.name}{' (resumed)' if prep.resume else ''}: {method.name} on {bench.name}"
@@ -244,12 +254,15 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
                          resume_command=resume_command(prep), study_storage=prep.study_storage)
     try:
         settings = prep.trial_settings()
-        shared, prepared_network = _prewarm(method, space, prep.fixed, bench, settings, prep.resources, opts)
-        logger = MLflowTrialLogger(sweep_run, tags=tags)
-        if prep.batch_size and shared is not None:
+        if prep.batch_size:  # post-hoc knobs only: configurations in batches on evaluator actors
+            pool, prepared_network = _prepared_pool(prep, pool, preparing)
+            shared = pool.shared
+            logger = MLflowTrialLogger(sweep_run, tags=tags)
             status_before = None  # from here on, the sweep's own outcome is what its parent run records
-            grid = _run_batched(prep, shared, logger, signals)
+            grid = _run_batched(prep, pool, logger, signals)
         else:
+            shared, prepared_network = _prewarm(method, space, prep.fixed, bench, settings, prep.resources, opts)
+            logger = MLflowTrialLogger(sweep_run, tags=tags)
             trainable = tune.with_resources(
                 tune.with_parameters(tune_trainable, bench=bench, settings=settings.as_dict(), shared=shared,
                                      reporting=scheduling.report_policy(prep)),
@@ -292,6 +305,8 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
             logger.end_unfinished("KILLED")
         return result
     finally:
+        if pool is not None:
+            pool.close()
         # A resume that failed before its trials ran leaves the resumed sweep's parent run as it found it.
         sweep_run.end(status_before if status_before and status != "KILLED" else status)
 
@@ -326,7 +341,30 @@ def _tuner(prep: Prepared, trainable, run_config):
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
-def _run_batched(prep: Prepared, shared, logger, signals):
+def _start_pool(prep: Prepared):
+    """Start a post-hoc sweep's evaluator actors and their preparation of the shared network: (pool, ObjectRef)."""
+    from orchestrator.sweep import batched
+
+    pool = batched.EvaluatorPool(prep)
+    return pool, pool.submit_prepare(prep.fixed)
+
+
+def _prepared_pool(prep: Prepared, pool, preparing):
+    """The evaluators with the shared network and its outputs ready, and {cache key: whether this sweep trained
+    it}. Large splits are first extracted shard by shard on Ray tasks (resumable), then the pool starts."""
+    opts = prep.opts
+    _say(opts, "Preparing the shared classifier and its outputs (trained once, cached by config hash)...")
+    trained_first = False
+    if pool is None:
+        net = extraction.extract_sharded(dict(prep.fixed), prep.bench, prep.trial_settings(), prep.resources,
+                                         lambda msg: _say(opts, msg))
+        trained_first = bool(net["trained"])
+        pool, preparing = _start_pool(prep)
+    done = pool.prepared(preparing, prep.fixed, opts.max_failures)
+    return pool, {done["key"]: bool(done["trained"]) or trained_first}
+
+
+def _run_batched(prep: Prepared, pool, logger, signals):
     """A post-hoc search in batches on Ray actors (see :mod:`orchestrator.sweep.batched`)."""
     from orchestrator.sweep import batched
     from orchestrator.sweep.progress import BatchProgress
@@ -339,7 +377,7 @@ def _run_batched(prep: Prepared, shared, logger, signals):
     _say(opts, f"Post-hoc knobs only: configurations run in batches of {prep.batch_size} on "
                f"{prep.max_concurrent} Ray actor(s) holding the shared network (--batch-size 0: one Tune trial each)")
     with signals.polled():
-        return batched.run(prep, shared, stored, logger, progress, signals, prep.batch_size)
+        return batched.run(prep, pool, stored, logger, progress, signals, prep.batch_size)
 
 
 def resume_command(prep: Prepared) -> str:
@@ -359,7 +397,6 @@ def _prewarm(method, space, fixed, bench, settings, resources, opts):
     """
     import ray
 
-    from orchestrator.sweep import extraction
     from orchestrator.trial import shared_outputs
 
     network = method.network_knobs()
@@ -370,9 +407,7 @@ def _prewarm(method, space, fixed, bench, settings, resources, opts):
     if extraction.needed(bench):  # large splits: extracted shard by shard on Ray tasks, resumable
         net = extraction.extract_sharded(dict(fixed), bench, settings, resources, lambda msg: _say(opts, msg))
         trained_first = bool(net["trained"])
-    # Nothing else runs yet: give the preparation every CPU of the largest node.
-    node_cpus = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
-    cpus = max(resources["cpu"], node_cpus)
+    cpus = max(resources["cpu"], extraction.largest_node_cpus())  # nothing else runs yet: every CPU of a node
     task = ray.remote(shared_outputs).options(num_cpus=cpus, num_gpus=resources["gpu"], max_retries=opts.max_failures)
     ref = task.remote(dict(fixed), bench, dataclasses.replace(settings, threads=max(1, int(cpus))))
     done = ray.get(ref)  # surface a failure here, before any trial starts
