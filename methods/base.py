@@ -72,13 +72,14 @@ class Scorer:
     def score_inputs(self, model: Any, x: Any) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} scores from cached outputs, not inputs")
 
-    # Work that every trial of a post-hoc sweep would otherwise repeat (KNN's neighbour table, say). The sweep's
-    # preparation task calls sweep_work once on a fitted scorer with the shared classifier's OutputStore; each
-    # trial's fitted scorer receives the result through adopt(). Both are optional.
-    def sweep_work(self, store: Any) -> Any:
+    # Work that every trial of a post-hoc sweep would otherwise repeat (KNN's neighbour table, say): named arrays,
+    # which the model cache keeps beside the network's outputs. The sweep's preparation calls sweep_work once on
+    # a fitted scorer with the shared classifier's OutputStore (or reads it from the cache); each trial's fitted
+    # scorer receives the result through adopt(). Both are optional.
+    def sweep_work(self, store: Any) -> dict[str, Any] | None:
         return None
 
-    def adopt(self, work: Any) -> None:
+    def adopt(self, work: dict[str, Any]) -> None:
         pass
 
     @property

@@ -194,12 +194,13 @@ class KnnScorer(FeatureScorer):
                 self._index, self._gpu_resources = flat_l2_index(self.bank_, self.use_gpu)
         return self._index
 
-    def sweep_work(self, store) -> dict:
-        """Neighbour tables (MEMO_WIDTH wide) of every scored split, computed once for a whole k sweep."""
+    def sweep_work(self, store) -> dict[str, np.ndarray]:
+        """Neighbour tables (MEMO_WIDTH wide) of every scored split, computed once for a whole k sweep (and kept
+        in the model cache: a later sweep on the same network reads them), named by bank and queries."""
         for name in store.bench.splits():
             if name != "id_train":
                 self._table(*normalised(store.get(name).features), MEMO_WIDTH)
-        return {key: table for key, table in _MEMO.items() if key[0] == self._bank_digest}
+        return {key: table for key, table in _MEMO.items() if key.startswith(self._bank_digest + "|")}
 
     def adopt(self, work: dict) -> None:
         _MEMO.update(work)
@@ -207,7 +208,7 @@ class KnnScorer(FeatureScorer):
             _MEMO.popitem(last=False)
 
     def _table(self, queries: np.ndarray, digest: str, k: int) -> np.ndarray:
-        key = (self._bank_digest, digest)
+        key = f"{self._bank_digest}|{digest}"
         table = _MEMO.get(key)
         if table is None or table.shape[1] < k:
             width = min(max(k, MEMO_WIDTH), len(self.bank_))

@@ -7,9 +7,12 @@ Layout under the cache root (``--cache-dir``, ``$OODSWEEP_CACHE`` or ``~/.cache/
     models/<key>/meta.json       the training config that produced it
     models/<key>/outputs/<split>[+fmap]/  logits.npy, features.npy (labels.npy, fmap.npy), manifest.json — each with
                                  its .sha256; loaded memory-mapped
+    models/<key>/work/<name>/    a post-hoc scorer's sweep work on these outputs (KNN's neighbour tables): a0.npy,
+                                 a1.npy... and manifest.json naming each array; checksummed and memory-mapped alike
     locks/<key>.lock             flock: one trainer per key, however many trials want it
     corrupt/<key>-<time>/        entries that failed their checksum or could not be read, moved aside
-    trained.log, extracted.log   one line per model trained / split extracted (how tests and benchmarks count)
+    trained.log, extracted.log, work.log   one line per model trained / split extracted / sweep work computed (how
+                                 tests and benchmarks count)
     shards.log                   one line per shard of a sharded extraction
 
 Every file is written to a temporary name in the same folder and renamed into place, and its checksum after it,
@@ -114,6 +117,38 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def _save_arrays(folder: Path, arrays: dict[str, np.ndarray], names: dict[str, str] | None = None) -> None:
+    """One checksummed ``.npy`` per array (file stem = key), then the manifest listing them (and ``names``: stem →
+    the caller's name for it): an entry is complete only once its manifest is there."""
+    for stem, array in arrays.items():
+        _write_checksummed(folder / f"{stem}.npy", lambda f, a=array: np.save(f, np.asarray(a)))
+    manifest = {"arrays": list(arrays), **({"names": names} if names is not None else {})}
+    _write_checksummed(folder / MANIFEST, lambda f: f.write(json.dumps(manifest).encode()))
+
+
+def _load_arrays(folder: Path, what: str) -> tuple[dict[str, np.ndarray], dict] | None:
+    """(arrays by file stem, memory-mapped; the manifest) of a complete entry, or None when absent; a damaged
+    entry is deleted with one line on stderr, so that it is computed again. Each file's checksum is verified once
+    per process and (size, mtime)."""
+    manifest = folder / MANIFEST
+    intact = _verified(manifest)
+    why = "its data does not match its checksum"
+    if intact:
+        try:
+            meta = json.loads(manifest.read_text())
+            stems = meta["arrays"]
+            if all(_verified(folder / f"{n}.npy") for n in stems):
+                return {n: np.load(folder / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in stems}, meta
+            intact = False
+        except Exception as exc:  # noqa: BLE001 - unreadable for any reason: compute it again
+            intact, why = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    if intact is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"warning: cached {what} {folder} are damaged ({why}); computing them again",
+              file=sys.stderr, flush=True)
+    return None
+
+
 class ModelCache:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root else default_root()
@@ -209,25 +244,11 @@ class ModelCache:
         """Stored outputs, memory-mapped (read from disk as they are used, shared by every process on the machine
         through the page cache), or None when absent; a damaged entry is deleted (with one line) so it is
         re-extracted. Each file's checksum is verified once per process and (size, mtime)."""
-        folder = self._outputs_dir(key, split, with_fmap)
-        manifest = folder / MANIFEST
-        intact = _verified(manifest)
-        why = "its data does not match its checksum"
-        if intact:
-            try:
-                names = json.loads(manifest.read_text())["arrays"]
-                states = [_verified(folder / f"{n}.npy") for n in names]
-                if all(states):
-                    arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in names}
-                    return Outputs(arrays["logits"], arrays["features"], arrays.get("labels"), arrays.get("fmap"))
-                intact = False
-            except Exception as exc:  # noqa: BLE001 - unreadable for any reason: re-extract
-                intact, why = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-        if intact is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-            print(f"warning: cached outputs {folder} are damaged ({why}); extracting them again",
-                  file=sys.stderr, flush=True)
-        return None
+        found = _load_arrays(self._outputs_dir(key, split, with_fmap), "outputs")
+        if found is None:
+            return None
+        arrays, _ = found
+        return Outputs(arrays["logits"], arrays["features"], arrays.get("labels"), arrays.get("fmap"))
 
     @staticmethod
     def shard_name(split: str, start: int, stop: int) -> str:
@@ -263,16 +284,46 @@ class ModelCache:
         return self.load_outputs(key, split, with_fmap) is not None
 
     def save_outputs(self, key: str, split: str, with_fmap: bool, out: Outputs) -> None:
-        """One ``.npy`` per array (each checksummed), then the manifest naming them: an entry is complete only
-        once its manifest is there."""
+        """One ``.npy`` per array (each checksummed), then the manifest naming them."""
         arrays = {"logits": out.logits, "features": out.features}
         if out.labels is not None:
             arrays["labels"] = out.labels
         if out.fmap is not None:
             arrays["fmap"] = out.fmap
-        folder = self._outputs_dir(key, split, with_fmap)
-        for name, array in arrays.items():
-            _write_checksummed(folder / f"{name}.npy", lambda f, a=array: np.save(f, np.asarray(a)))
-        _write_checksummed(folder / MANIFEST, lambda f: f.write(json.dumps({"arrays": list(arrays)}).encode()))
+        _save_arrays(self._outputs_dir(key, split, with_fmap), arrays)
         with open(self.root / ("shards.log" if "@" in split else "extracted.log"), "a") as log:
             log.write(json.dumps({"key": key, "split": split, "fmap": with_fmap}) + "\n")
+
+    # ---- sweep work
+    def _work_dir(self, key: str, name: str) -> Path:
+        return self._dir(key) / "work" / name
+
+    def work(self, key: str, name: str, compute) -> dict[str, np.ndarray]:
+        """Stored sweep work ``name`` of model ``key`` — named arrays a scorer derives from the network's outputs
+        once for every trial of a sweep (KNN's neighbour tables) — or ``compute()`` it once under a lock and store
+        it, so that a later sweep on the same network does not compute it again."""
+        out = self.load_work(key, name)
+        if out is None:
+            with self.lock(f"{key}.work"):
+                out = self.load_work(key, name)
+                if out is None:
+                    out = compute()
+                    self.save_work(key, name, out)
+        return out
+
+    def load_work(self, key: str, name: str) -> dict[str, np.ndarray] | None:
+        found = _load_arrays(self._work_dir(key, name), "sweep work")
+        if found is None:
+            return None
+        arrays, meta = found
+        return {meta["names"][stem]: array for stem, array in arrays.items()}
+
+    def save_work(self, key: str, name: str, work: dict[str, np.ndarray]) -> None:
+        stems = {f"a{i}": k for i, k in enumerate(work)}  # the caller's names need not be file names
+        _save_arrays(self._work_dir(key, name), {stem: work[k] for stem, k in stems.items()}, stems)
+        with open(self.root / "work.log", "a") as log:
+            log.write(json.dumps({"key": key, "work": name, "arrays": len(work)}) + "\n")
+
+    def work_count(self) -> int:
+        """Sweep work entries computed so far."""
+        return self._lines("work.log")

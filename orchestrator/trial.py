@@ -178,7 +178,8 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
     """Train (or load) the network of ``config`` and extract every split's outputs, once, for a whole sweep.
 
     The sweep runs this as one Ray task before its post-hoc trials and hands them the result through the
-    object store, so those trials never run the network (gradient scorers excepted). Only the splits the method
+    object store, so those trials never run the network (gradient scorers excepted), with the scorer's sweep work
+    (KNN's neighbour tables: computed once per network and cached). Only the splits the method
     reads are extracted: the training split only for scorers fitted on it. Outputs larger than ``SHIP_BYTES`` in
     all are not shipped: trials open them from the cache by path, memory-mapped (the cache must then be visible to
     every node: a shared ``--cache-dir``).
@@ -194,8 +195,12 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
     store = OutputStore(model.eval(), bench, device, persist=functools.partial(cache.outputs, key))
     outputs = {(name, with_fmap): store.get(name, with_fmap) for name in bench.splits()
                if name != "id_train" or scorer.needs_fit}
-    # Fit here only for scorers that share sweep work (fitting DMR's head or KIRBY's Grad-CAM would be wasted).
-    work = fit_scorer(scorer, store).sweep_work(store) if scorer.shares_sweep_work else None
+    # Fit here only for scorers that share sweep work (fitting DMR's head or KIRBY's Grad-CAM would be wasted); the
+    # work is cached with the network, named by the method and the knob values it was computed with.
+    work = None
+    if scorer.shares_sweep_work:
+        work = cache.work(key, f"{method.name}-{config_key(dict(params))}",
+                          lambda: fit_scorer(scorer, store).sweep_work(store))
     if sum(a.nbytes for o in outputs.values() for a in (o.logits, o.features, o.fmap) if a is not None) > SHIP_BYTES:
         outputs = {}  # trials read the cache's memory-mapped files instead (PosthocEvaluator, run_trial)
     return {"key": key, "outputs": outputs, "work": work, "trained": trained}
@@ -203,13 +208,15 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
 
 def prepare_network(config: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict[str, Any]:
     """Train (or find) the network of ``config``: its cache key, whether this call trained it, whether its scorer
-    reads the last feature map (what extraction must keep) — the first step of a sharded extraction."""
+    reads the last feature map (what extraction must keep) and is fitted on the training split (whether that is
+    extracted) — the first step of a sharded extraction."""
     seed_everything(settings)
     method = methods.get(settings.method)
     params = trial_params(method, config, bench)
     cache = ModelCache(settings.cache_dir)
     _, key, trained = obtain_model(method, params, bench, settings, pick_device(), cache)
-    return {"key": key, "trained": trained, "with_fmap": method.scorer(params).reads_feature_map}
+    scorer = method.scorer(params)
+    return {"key": key, "trained": trained, "with_fmap": scorer.reads_feature_map, "fits": scorer.needs_fit}
 
 
 def extract_shard(config: dict[str, Any], bench: Benchmark, settings: TrialSettings, split: str, start: int,

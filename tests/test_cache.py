@@ -121,3 +121,50 @@ def test_data_without_its_checksum_counts_as_not_there(tmp_path):
     cache.save_model("k", torch.nn.Linear(2, 2), {}, 0.0)
     (tmp_path / "models" / "k" / "model.pt.sha256").unlink()  # the writer died between data and checksum
     assert not cache.has_model("k")
+
+
+# ---- sweep work (KNN's neighbour tables): kept with the network, under the scorer's own names
+WORK = {"bank|ivf/16/4|queries": np.arange(12, dtype=np.float32).reshape(3, 4), "b|q2": np.ones((2, 4), np.float32)}
+
+
+def test_sweep_work_comes_back_under_its_names(tmp_path):
+    cache = ModelCache(tmp_path)
+    cache.save_work("k", "knn-x", WORK)
+    back = cache.load_work("k", "knn-x")
+    assert {n: a.tolist() for n, a in back.items()} == {n: a.tolist() for n, a in WORK.items()}
+
+
+def test_sweep_work_is_computed_once(tmp_path):
+    cache = ModelCache(tmp_path)
+    calls = []
+    for _ in range(2):
+        cache.work("k", "knn-x", lambda: calls.append(1) or WORK)
+    assert len(calls) == 1
+
+
+def test_damaged_sweep_work_is_computed_again(tmp_path):
+    cache = ModelCache(tmp_path)
+    cache.save_work("k", "knn-x", WORK)
+    _truncate(tmp_path / "models" / "k" / "work" / "knn-x" / "a0.npy")
+    cache.work("k", "knn-x", lambda: WORK)
+    assert cache.work_count() == 2
+
+
+@pytest.fixture(scope="module")
+def knn_prepared_twice(tmp_path_factory):
+    from orchestrator.trial import shared_outputs
+
+    root = tmp_path_factory.mktemp("knn-work")
+    bench = benchmarks.load("digits", smoke=True)
+    settings = TrialSettings("knn", cache_dir=str(root), threads=1)
+    return root, shared_outputs({"epochs": 1}, bench, settings), shared_outputs({"epochs": 1}, bench, settings)
+
+
+def test_a_second_knn_preparation_computes_no_neighbour_table(knn_prepared_twice):
+    root, _, _ = knn_prepared_twice
+    assert ModelCache(root).work_count() == 1
+
+
+def test_a_second_knn_preparation_reads_the_same_neighbour_tables(knn_prepared_twice):
+    _, first, second = knn_prepared_twice
+    assert {n: a.tolist() for n, a in second["work"].items()} == {n: a.tolist() for n, a in first["work"].items()}

@@ -2,11 +2,12 @@
 
 A post-hoc configuration costs milliseconds to score, while a Ray Tune trial costs a trial's bookkeeping on the
 driver (and the trial used to reload the network): measured at 8-17x Tune + Optuna's own per-trial floor. When
-every searched knob is post-hoc (the network is fixed), the sweep instead keeps ``max_concurrent`` Ray actors,
-each holding the shared network and its outputs (read once from the object store), and sends each a batch of
-configurations that the driver asked Optuna for (``study.ask``; TPE treats the batch's pending trials with its
-constant liar). Each configuration is still one Optuna trial (told its objectives) and one MLflow child run, with
-the same metrics and matrix artifacts as a Tune trial. ``--batch-size 0`` runs post-hoc sweeps through Tune.
+every searched knob is post-hoc (the network is fixed), the sweep instead keeps ``max_concurrent`` Ray actors
+(:class:`EvaluatorPool`: the first prepares the shared network and its outputs, the others hold them from the
+object store), and sends each a batch of configurations that the driver asked Optuna for (``study.ask``; TPE
+treats the batch's pending trials with its constant liar). Each configuration is still one Optuna trial (told
+its objectives) and one MLflow child run, with the same metrics and matrix artifacts as a Tune trial.
+``--batch-size 0`` runs post-hoc sweeps through Tune.
 
 Failure and stopping follow the Tune path: a configuration that raises is a FAILED run and a FAIL Optuna trial;
 a lost actor is replaced and its batch resubmitted, up to ``--max-failures`` times; SIGINT/SIGTERM stop the

@@ -63,6 +63,8 @@ def extract_sharded(config: dict[str, Any], bench, settings, resources: dict[str
         dict(config), bench, dataclasses.replace(settings, threads=max(1, int(cpus)))))
     cache = ModelCache(settings.cache_dir)
     todo = plan(bench, net["key"], net["with_fmap"], cache, shard_images)
+    if not net["fits"]:  # the scorer never reads the training split (trial.shared_outputs skips it too)
+        todo.pop("id_train", None)
     if not todo:
         return net
     bench_ref = ray.put(bench)

@@ -17,14 +17,14 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
-def _env(cwd):
+def _env(cwd, **extra):
     return {**os.environ, "PYTHONPATH": str(ROOT), "OODSWEEP_CACHE": str(cwd / "cache"),
-            "RAY_USAGE_STATS_ENABLED": "0"}
+            "RAY_USAGE_STATS_ENABLED": "0", **extra}
 
 
-def _sweep(cwd, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "energy", "--smoke-test", "--no-dashboard",
-                           "--num-cpus", "2", *args], cwd=cwd, env=_env(cwd), capture_output=True, text=True,
+def _sweep(cwd, *args, timeout=300, env=None, method="energy"):
+    return subprocess.run([sys.executable, "-m", "orchestrator", "sweep", method, "--smoke-test", "--no-dashboard",
+                           "--num-cpus", "2", *args], cwd=cwd, env=env or _env(cwd), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -117,6 +117,31 @@ def test_a_second_sweep_of_the_same_name_is_refused(batched):
 
 
 # ---------------------------------------------------------------- stopped and resumed
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """A batched knn sweep whose splits over 200 images (the smoke training split: 300) are extracted in shards
+    by Ray tasks before its evaluators start (they would otherwise hold the CPUs the shard tasks need)."""
+    cwd = tmp_path_factory.mktemp("sharded")
+    res = _sweep(cwd, "--num-samples", "2", "--name", "sh", env=_env(cwd, OODSWEEP_SHARD_IMAGES="200"), method="knn")
+    return cwd, res
+
+
+def test_a_batched_sweep_with_sharded_extraction_exits_0(sharded):
+    _, res = sharded
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_a_batched_sweep_extracts_its_large_splits_in_shards(sharded):
+    cwd, _ = sharded
+    assert (cwd / "cache" / "shards.log").read_text().count("\n") == 2  # id_train: images 0-200 and 200-300
+
+
+def test_a_batched_sweep_with_sharded_extraction_finishes_its_trials(sharded):
+    cwd, _ = sharded
+    _, children = _children(cwd)
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
+
+
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory):
     """A 120-configuration batched sweep stopped by SIGINT once its first batches finished."""

@@ -1,0 +1,56 @@
+"""The batched engine's evaluator pool through real Ray: the first actor prepares the shared outputs, the others
+hold them, a lost actor is replaced by one that scores alike, and the prepared outputs outlive the actors (the
+sweep figures read them after the pool closed)."""
+from types import SimpleNamespace
+
+import pytest
+import ray
+
+from orchestrator.sweep.batched import EvaluatorPool
+from orchestrator.sweep.prepare import SweepOptions, prepare
+
+pytestmark = pytest.mark.integration
+
+TEMPERATURES = (0.5, 3.0)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    work = tmp_path_factory.mktemp("pool")
+    prep = prepare(SweepOptions(method="energy", benchmark="digits", smoke_test=True, num_samples=2,
+                                cache_dir=str(work / "cache"), tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+                                storage_path=str(work / "results"), dashboard=False, quiet=True))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, address="local")
+    pool = EvaluatorPool(prep)
+    done = pool.prepared(pool.submit_prepare(prep.fixed), prep.fixed, retries=1)
+    ray.get(list(pool.grow(2)))
+    configs = [{**prep.fixed, "temperature": t} for t in TEMPERATURES]  # as the sweep sends them
+    yield SimpleNamespace(pool=pool, done=done, configs=configs)
+    pool.close()
+    ray.shutdown()
+
+
+def _scores(s, actor):
+    results = ray.get(actor.run.remote(s.configs))
+    assert [error for _, error in results] == [None, None]
+    return [r["val/auroc"] for r, _ in results]
+
+
+def test_the_first_actor_trains_the_shared_network(pool):
+    assert pool.done["trained"] is True
+
+
+def test_an_actor_holding_the_prepared_outputs_scores_like_the_one_that_prepared(pool):
+    assert _scores(pool, pool.pool.actors[1]) == _scores(pool, pool.pool.actors[0])
+
+
+def test_a_lost_actor_is_replaced_by_one_that_scores_alike(pool):
+    lost = pool.pool.actors[1]
+    ray.kill(lost)
+    new = pool.pool.replace(lost)
+    assert _scores(pool, new) == _scores(pool, pool.pool.actors[0])
+
+
+def test_the_prepared_outputs_outlive_the_pool(pool):
+    pool.pool.close()
+    assert ray.get(pool.pool.shared)["key"] == pool.done["key"]
