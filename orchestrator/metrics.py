@@ -92,6 +92,12 @@ def _fpr95(c: _Curves, convention: str) -> float:
     return _fpr_at(c.tp_out, c.fp_out)
 
 
+def roc_curve(s_id, s_ood) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) of ID (positive) vs OOD at every distinct threshold, from (0, 0): the curve AUROC integrates."""
+    c = _Curves(*_check(s_id, s_ood))
+    return _roc(c.tp_in, c.fp_in)
+
+
 def ood_metrics(s_id, s_ood, convention: str = "classic") -> dict[str, float]:
     """AUROC, AUPR-In, AUPR-Out and FPR@95 (the given convention) for one OOD set."""
     if convention not in CONVENTIONS:

@@ -26,7 +26,7 @@ from methods.base import Method
 from orchestrator.cache import ModelCache, config_key
 from orchestrator.data.base import Benchmark, Split
 from orchestrator.data.lazy import select
-from orchestrator.evaluation import OutputStore, extract, fit_scorer, test_matrix, validate
+from orchestrator.evaluation import OutputStore, extract, fit_scorer, score_split, test_matrix, validate
 from orchestrator.knobs import Params
 from orchestrator.models import external
 from orchestrator.models.backbones import build_classifier
@@ -175,6 +175,12 @@ def train_network(method: Method, model, params, bench: Benchmark, settings: Tri
 
 
 def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict[str, Any]:
+    """:func:`prepare_shared`'s result without its OutputStore (what a Ray task returns)."""
+    return prepare_shared(config, bench, settings)[1]
+
+
+def prepare_shared(config: dict[str, Any], bench: Benchmark,
+                   settings: TrialSettings) -> tuple[OutputStore, dict[str, Any]]:
     """Train (or load) the network of ``config`` and extract every split's outputs, once, for a whole sweep.
 
     The sweep runs this as one Ray task before its post-hoc trials and hands them the result through the
@@ -182,7 +188,8 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
     (KNN's neighbour tables: computed once per network and cached). Only the splits the method
     reads are extracted: the training split only for scorers fitted on it. Outputs larger than ``SHIP_BYTES`` in
     all are not shipped: trials open them from the cache by path, memory-mapped (the cache must then be visible to
-    every node: a shared ``--cache-dir``).
+    every node: a shared ``--cache-dir``). Returns (the OutputStore holding the network and its outputs, the
+    result: cache key, outputs, sweep work, whether this call trained the network).
     """
     seed_everything(settings)
     method = methods.get(settings.method)
@@ -203,7 +210,7 @@ def shared_outputs(config: dict[str, Any], bench: Benchmark, settings: TrialSett
                           lambda: fit_scorer(scorer, store).sweep_work(store))
     if sum(a.nbytes for o in outputs.values() for a in (o.logits, o.features, o.fmap) if a is not None) > SHIP_BYTES:
         outputs = {}  # trials read the cache's memory-mapped files instead (PosthocEvaluator, run_trial)
-    return {"key": key, "outputs": outputs, "work": work, "trained": trained}
+    return store, {"key": key, "outputs": outputs, "work": work, "trained": trained}
 
 
 def prepare_network(config: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict[str, Any]:
@@ -294,18 +301,49 @@ def evaluate(method: Method, params: Params, store: OutputStore, settings: Trial
     return result
 
 
+def scores_on_test_sets(scorer, store: OutputStore) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
+    """ID-test scores and {OOD test set: (group, scores)} of a fitted scorer: what the best configuration's
+    histograms and ROC curves draw."""
+    bench = store.bench
+    s_id = score_split(scorer, store, "id_test")
+    ood = {name: (group, score_split(scorer, store, f"{group}/{name}"))
+           for group, sets in (("near", bench.near), ("far", bench.far)) for name in sets}
+    return s_id, ood
+
+
+def best_scores(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
+                shared: dict | None = None) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
+    """:func:`scores_on_test_sets` of ``config``, recomputed in this process (the driver, after a Tune sweep).
+
+    The network comes from the model cache (trained here only when this machine cannot see the cache the trials
+    wrote to); outputs come from the cache too, so this is a scorer fit plus a scorer call. ``shared``: a post-hoc
+    sweep's prepared outputs and sweep work (e.g. KNN's neighbour tables), used instead of recomputing.
+    """
+    seed_everything(settings)
+    method = methods.get(settings.method)
+    params = trial_params(method, config, bench)
+    device = pick_device()
+    cache = ModelCache(settings.cache_dir)
+    model, key, _ = obtain_model(method, params, bench, settings, device, cache)
+    mine = shared if shared and shared.get("key") == key else None  # the sweep's prepared outputs fit this network
+    store = store_for(model.eval(), bench, device, cache, key, mine)
+    return scores_on_test_sets(fitted_scorer(method, params, store, mine), store)
+
+
 class PosthocEvaluator:
     """Evaluates many post-hoc configurations of one method on one network, which it loads once.
 
     A post-hoc search whose knobs never change the network runs its configurations through one of these per
     worker (see :mod:`orchestrator.sweep.batched`): loading the model and opening its outputs once instead of per
-    trial is most of what a post-hoc trial cost besides scoring. ``shared`` is :func:`shared_outputs`' result.
+    trial is most of what a post-hoc trial cost besides scoring. ``shared`` is :func:`shared_outputs`' result;
+    ``store``: the OutputStore that prepared it, when this process did (:func:`prepare_shared`).
     """
 
-    def __init__(self, bench: Benchmark, settings: TrialSettings, shared: dict[str, Any]):
+    def __init__(self, bench: Benchmark, settings: TrialSettings, shared: dict[str, Any],
+                 store: OutputStore | None = None):
         self.bench, self.settings, self.shared = bench, settings, shared
         self.method = methods.get(settings.method)
-        self._store: OutputStore | None = None
+        self._store = store
 
     def _open(self, params: Params) -> OutputStore:
         if self._store is None:
@@ -325,3 +363,10 @@ class PosthocEvaluator:
         result.update({"model_key": self.shared["key"], "trained_model": False,
                        "trial_seconds": time.time() - started})
         return result
+
+    def scores(self, config: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
+        """:func:`scores_on_test_sets` of ``config`` (the sweep's figures of its best configuration)."""
+        seed_everything(self.settings)
+        params = trial_params(self.method, config, self.bench)
+        store = self._open(params)
+        return scores_on_test_sets(fitted_scorer(self.method, params, store, self.shared), store)

@@ -78,13 +78,13 @@ class Evaluator:
 
         import ray
 
-        from orchestrator.trial import PosthocEvaluator, shared_outputs
+        from orchestrator.trial import PosthocEvaluator, prepare_shared
 
         node = ray.get_runtime_context().get_node_id()
         cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == node), 0)
         threads = max(1, int(max(cpus, self.settings.threads)))
-        shared = shared_outputs(config, self.bench, dataclasses.replace(self.settings, threads=threads))
-        self.evaluate = PosthocEvaluator(self.bench, self.settings, shared)
+        store, shared = prepare_shared(config, self.bench, dataclasses.replace(self.settings, threads=threads))
+        self.evaluate = PosthocEvaluator(self.bench, self.settings, shared, store)  # the network stays loaded
         return shared
 
     def hold(self, refs: list) -> None:
@@ -95,6 +95,10 @@ class Evaluator:
 
         (shared,) = ray.get(refs)
         self.evaluate = PosthocEvaluator(self.bench, self.settings, shared)
+
+    def scores(self, config: dict[str, Any]):
+        """The test sets' scores of ``config`` (:meth:`orchestrator.trial.PosthocEvaluator.scores`)."""
+        return self.evaluate.scores(config)
 
     def run(self, configs: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, str | None]]:
         out = []
@@ -183,6 +187,13 @@ class EvaluatorPool:
         ray.kill(actor)
         return new
 
+    def scores(self, config: dict[str, Any]):
+        """The test sets' scores of ``config``, computed by the actor that prepared the outputs (it holds the
+        network, the outputs and the sweep work: nothing is loaded again)."""
+        import ray
+
+        return ray.get(self.actors[0].scores.remote(config))
+
     def close(self) -> None:
         import ray
 
@@ -217,8 +228,9 @@ def _values(result: dict[str, Any], objectives: list[tuple[str, str]]) -> list[f
 
 
 def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size: int) -> Outcomes:
-    """Run the sweep's remaining configurations on ``pool`` (prepared); returns every finished one (earlier runs
-    of a resumed sweep included). Returns early, with ``signals.received`` set, when the user stops the sweep."""
+    """Run the sweep's remaining configurations on ``pool`` (prepared; the caller closes it); returns every
+    finished one (earlier runs of a resumed sweep included). Returns early, with ``signals.received`` set, when the
+    user stops the sweep."""
     import optuna
     import ray
 
@@ -328,7 +340,6 @@ def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size
                 keep(trial)
                 logger.record(new_id(trial.number), config, "KILLED" if signals.received else "FAILED",
                               started_ms=started)
-        pool.close()
         logger.close([{"trial_id": o.trial_id, "config": o.config, "result": o.metrics, "error": o.error}
                       for o in done])
     return done

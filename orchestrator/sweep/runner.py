@@ -289,10 +289,8 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
             from orchestrator.tracking.figures import log_sweep_figures
 
             stored = study.load(prep.study_storage, prep.name) if prep.study_storage else None
-            import ray
-
-            prepared = ray.get(shared) if shared is not None else None  # zero-copy from the object store
-            for note in log_sweep_figures(prep, result, sweep_run.client, settings, stored, prepared):
+            scores, notes = _best_scores(prep, result, settings, pool, shared)
+            for note in notes + log_sweep_figures(prep, result, sweep_run.client, stored, scores):
                 _say(opts, f"figures: {note}")
         status = "FINISHED" if result.best_matrix is not None else "FAILED"
         return result
@@ -309,6 +307,23 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
             pool.close()
         # A resume that failed before its trials ran leaves the resumed sweep's parent run as it found it.
         sweep_run.end(status_before if status_before and status != "KILLED" else status)
+
+
+def _best_scores(prep: Prepared, result: SweepResult, settings, pool, shared):
+    """The best configuration's test-set scores for the figures — from the evaluator that holds the network and
+    its outputs (batched sweeps), else recomputed here from the model cache — and notes on a failure (a sweep's
+    results matter more than its pictures)."""
+    import ray
+
+    from orchestrator.trial import best_scores
+
+    try:
+        if pool is not None and pool.actors:
+            return pool.scores(result.best_config), []
+        prepared = ray.get(shared) if shared is not None else None  # zero-copy from the object store
+        return best_scores(result.best_config, prep.bench, settings, prepared), []
+    except Exception as exc:  # noqa: BLE001
+        return None, [f"best-trial score figures failed: {type(exc).__name__}: {exc}"]
 
 
 def _tuner(prep: Prepared, trainable, run_config):

@@ -8,7 +8,8 @@ Per sweep, on the parent run (:func:`log_sweep_figures`), under ``figures/``:
 
 - ``best_ood_matrix_heatmap.png`` — the best trial's matrix;
 - ``best_score_histograms.png`` and ``best_roc_curves.png`` — ID-test vs each OOD test set, from the best
-  configuration's scores recomputed on the driver (the model cache makes that a load plus a scorer call);
+  configuration's scores, which the sweep passes in (a post-hoc sweep's evaluator computes them from what it holds;
+  otherwise :func:`orchestrator.trial.best_scores` recomputes them on the driver from the model cache);
 - ``optuna_history.png``, ``optuna_parallel_coordinate.png``, ``optuna_param_importances.png`` — Optuna's own
   plots of the sweep's stored study (rebuilt from the child runs — params + final validation metric — for a sweep
   without one). A plot that cannot be drawn
@@ -102,38 +103,6 @@ def _child_run(client, parent_run_id: str, trial_id: str) -> str | None:
     return next((r.info.run_id for r in found if r.data.tags.get(SEED_REPEAT_TAG) != "true"), None)
 
 
-# ---------------------------------------------------------------- the best trial's scores
-def best_scores(prep, config: dict[str, Any], settings,
-                shared: dict | None = None) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
-    """ID-test scores and {ood set: (group, scores)} of ``config``, recomputed on the driver.
-
-    The network comes from the model cache (trained here only when this machine cannot see the cache the
-    trials wrote to); outputs come from the cache too, so this is a scorer fit plus a scorer call. ``shared``: a
-    post-hoc sweep's prepared outputs and sweep work (e.g. KNN's neighbour tables), used instead of recomputing.
-    """
-
-    import methods
-    from orchestrator.cache import ModelCache
-    from orchestrator.evaluation import score_split
-    from orchestrator.training import pick_device
-    from orchestrator.trial import fitted_scorer, obtain_model, seed_everything, store_for, trial_params
-
-    opts, bench = prep.opts, prep.bench
-    method = methods.get(opts.method)
-    seed_everything(settings)
-    params = trial_params(method, config, bench)
-    device = pick_device()
-    cache = ModelCache(opts.cache_dir)
-    model, key, _ = obtain_model(method, params, bench, settings, device, cache)
-    mine = shared if shared and shared.get("key") == key else None  # the sweep's prepared outputs fit this network
-    store = store_for(model.eval(), bench, device, cache, key, mine)
-    scorer = fitted_scorer(method, params, store, mine)
-    s_id = score_split(scorer, store, "id_test")
-    ood = {name: (group, score_split(scorer, store, f"{group}/{name}"))
-           for group, sets in (("near", bench.near), ("far", bench.far)) for name in sets}
-    return s_id, ood
-
-
 @_plain_style
 def histogram_figure(s_id: np.ndarray, ood: dict[str, tuple[str, np.ndarray]], title: str = ""):
     """One panel per OOD set: ID-test vs that set's score histograms (shared bins), AUROC in the panel title."""
@@ -166,13 +135,13 @@ def histogram_figure(s_id: np.ndarray, ood: dict[str, tuple[str, np.ndarray]], t
 @_plain_style
 def roc_figure(s_id: np.ndarray, ood: dict[str, tuple[str, np.ndarray]], title: str = ""):
     """ROC curves (ID positive: TPR = ID accepted, FPR = OOD accepted), one per OOD set; the 95% TPR line."""
-    from sklearn.metrics import auc, roc_curve
+    from orchestrator.metrics import roc_curve
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=DPI)
     for name, (group, s) in ood.items():
-        fpr, tpr, _ = roc_curve(np.r_[np.ones(len(s_id)), np.zeros(len(s))], np.r_[s_id, s])
+        fpr, tpr = roc_curve(s_id, s)
         ax.plot(fpr, tpr, linestyle="-" if group == "near" else "--",
-                label=f"{group}: {name} ({100 * auc(fpr, tpr):.1f})")
+                label=f"{group}: {name} ({100 * np.trapezoid(tpr, fpr):.1f})")
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
     ax.axhline(0.95, color="grey", linewidth=0.8)
     ax.set_xlabel("FPR (OOD accepted)", fontsize=9)
@@ -283,17 +252,17 @@ def _fit(fig):
 
 
 # ---------------------------------------------------------------- the sweep
-def log_sweep_figures(prep, result, client=None, settings=None, study=None, shared=None) -> list[str]:
+def log_sweep_figures(prep, result, client=None, study=None, scores=None) -> list[str]:
     """Log the sweep's figures to its parent run (see the module doc); returns notes on what was skipped.
 
-    ``study``: the sweep's stored Optuna study (rebuilt from the child runs when None); ``shared``: a post-hoc
-    sweep's prepared outputs (see :func:`best_scores`).
+    ``study``: the sweep's stored Optuna study (rebuilt from the child runs when None); ``scores``: the best
+    configuration's (ID-test scores, {OOD set: (group, scores)}) — ``orchestrator.trial.best_scores`` — for its
+    histograms and ROC curves (skipped with a note when None).
     Never raises for a figure: a failure becomes a note (a sweep's results matter more than its pictures).
     """
     from orchestrator.tracking.runs import client_for
 
     client = client or client_for(result.tracking_uri)
-    settings = settings or prep.trial_settings()
     run_id = result.parent_run_id
     notes: list[str] = []
     if result.best_matrix is not None:
@@ -304,10 +273,13 @@ def log_sweep_figures(prep, result, client=None, settings=None, study=None, shar
             best_child = _child_run(client, run_id, best_id) if best_id else None
             if best_child is not None:
                 log_trial_figures(client, best_child, result.best_matrix)
-            s_id, ood = best_scores(prep, result.best_config, settings, shared)
-            label = f"{prep.opts.method} on {prep.bench.name}, best configuration (test sets)"
-            _log(client, run_id, histogram_figure(s_id, ood, label), "figures/best_score_histograms.png")
-            _log(client, run_id, roc_figure(s_id, ood, f"ROC: {label}"), "figures/best_roc_curves.png")
+            if scores is None:
+                notes.append("best configuration's score histograms and ROC curves skipped: no scores given")
+            else:
+                s_id, ood = scores
+                label = f"{prep.opts.method} on {prep.bench.name}, best configuration (test sets)"
+                _log(client, run_id, histogram_figure(s_id, ood, label), "figures/best_score_histograms.png")
+                _log(client, run_id, roc_figure(s_id, ood, f"ROC: {label}"), "figures/best_roc_curves.png")
         except Exception as exc:  # noqa: BLE001
             plt.close("all")
             notes.append(f"best-trial figures failed: {type(exc).__name__}: {exc}")

@@ -106,6 +106,14 @@ def test_the_best_trial_gets_its_heatmap(batched):
     assert len(with_heatmap) == 1
 
 
+def test_the_evaluator_scores_the_best_configuration_for_the_sweep_figures(batched):
+    cwd, _ = batched
+    client, children = _children(cwd)
+    parent = children[0].data.tags["mlflow.parentRunId"]
+    figures = {a.path for a in client.list_artifacts(parent, "figures")}
+    assert {"figures/best_score_histograms.png", "figures/best_roc_curves.png"} <= figures
+
+
 def test_a_second_sweep_of_the_same_name_is_refused(batched):
     cwd, _ = batched
     (cwd / "ray_results" / "b6").rename(cwd / "ray_results" / "b6-moved")  # only the study still holds the name

@@ -12,7 +12,7 @@ from orchestrator.metrics import OODMatrix, ood_matrix
 from orchestrator.sweep.prepare import SweepOptions, prepare
 from orchestrator.sweep.runner import SweepResult
 from orchestrator.tracking import figures
-from orchestrator.trial import TrialSettings, run_trial
+from orchestrator.trial import TrialSettings, best_scores, run_trial
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -67,7 +67,7 @@ def test_heatmap_is_fast_and_logged_per_trial(trial, tmp_path):
 
 def test_best_scores_reproduce_the_trials_matrix(trial):
     prep, config, result, _, _ = trial
-    s_id, ood = figures.best_scores(prep, config, prep.trial_settings())
+    s_id, ood = best_scores(config, prep.bench, prep.trial_settings())
     near = {n: s for n, (g, s) in ood.items() if g == "near"}
     far = {n: s for n, (g, s) in ood.items() if g == "far"}
     assert set(near) == set(prep.bench.near) and set(far) == set(prep.bench.far)
@@ -109,8 +109,9 @@ def test_sweep_figures_and_optuna_study(trial, tmp_path):
     assert study.best_value == 0.61
 
     res = SweepResult("figs", parent, uri, "", best_config=config, best_metrics={}, best_matrix=_matrix(result))
+    scores = best_scores(config, prep.bench, prep.trial_settings())
     started = time.time()
-    notes = figures.log_sweep_figures(prep, res, client)
+    notes = figures.log_sweep_figures(prep, res, client, scores=scores)
     seconds = time.time() - started
     assert notes == []
     names = {a.path for a in client.list_artifacts(parent, "figures")}
@@ -130,7 +131,7 @@ def test_sweep_figures_skip_importances_with_one_trial(trial):
     exp = client.create_experiment("one-trial")
     parent = _sweep_runs(client, exp, result, [(2.0, 0.6)])
     res = SweepResult("one", parent, uri, "", best_config=config, best_matrix=_matrix(result))
-    notes = figures.log_sweep_figures(prep, res, client)
+    notes = figures.log_sweep_figures(prep, res, client, scores=best_scores(config, prep.bench, prep.trial_settings()))
     assert len(notes) == 1 and "importances skipped" in notes[0] and "1 trial" in notes[0]
     names = {a.path for a in client.list_artifacts(parent, "figures")}
     assert "figures/optuna_param_importances.png" not in names and "figures/optuna_history.png" in names

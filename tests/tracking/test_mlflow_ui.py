@@ -67,7 +67,6 @@ def swept(tmp_path_factory):
         if "ood_matrix_heatmap.png" not in {a.path for a in client.list_artifacts(child.info.run_id)}:
             path = client.download_artifacts(child.info.run_id, "ood_matrix.json", str(tmp))
             figures.log_trial_figures(client, child.info.run_id, OODMatrix.from_json(json.load(open(path))))
-    figures.log_sweep_figures(prep, result, client)
     return uri, result, children, tmp
 
 
