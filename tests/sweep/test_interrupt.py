@@ -115,8 +115,12 @@ def test_a_failed_resume_leaves_the_sweeps_runs_as_they_were(tmp_path):
 
 
 def test_resume_refuses_a_folder_others_can_write(tmp_path):
-    env = _finished_sweep(tmp_path)
+    # The check runs on the results folder before anything is read from it: a folder with a saved state suffices.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OODSWEEP_CACHE": str(tmp_path / "cache")}
     folder = tmp_path / "ray_results" / "done"
+    folder.mkdir(parents=True)
+    (folder / "oodsweep_sweep.json").write_text("{}")
+    (folder / "tuner.pkl").write_bytes(b"")
     folder.chmod(0o777)
     res = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "energy", "--resume", "done",
                           "--no-dashboard"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
