@@ -281,7 +281,10 @@ class ModelCache:
             log.write(json.dumps({"key": key, "split": split, "fmap": with_fmap, "shards": len(shards)}) + "\n")
 
     def has_outputs(self, key: str, split: str, with_fmap: bool) -> bool:
-        return self.load_outputs(key, split, with_fmap) is not None
+        """Whether a complete entry is there (its manifest and the manifest's checksum are written), without
+        hashing its arrays: they are verified when the entry is loaded (a damaged one is extracted again then)."""
+        manifest = self._outputs_dir(key, split, with_fmap) / MANIFEST
+        return manifest.is_file() and _checksum_path(manifest).is_file()
 
     def save_outputs(self, key: str, split: str, with_fmap: bool, out: Outputs) -> None:
         """One ``.npy`` per array (each checksummed), then the manifest naming them."""

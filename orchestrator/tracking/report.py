@@ -19,14 +19,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-# numpy, pandas and the metrics module are imported where used: `python -m orchestrator --help` stays instant.
+from orchestrator.tracking.tags import PARENT_TAG, SEED_REPEAT_TAG, SOURCE_TRIAL_TAG, STUDY_TAG, SWEEP_TAG, TRIAL_TAG
 
-SWEEP_TAG = "oodsweep.sweep"
-TRIAL_TAG = "oodsweep.trial_id"
-SEED_REPEAT_TAG = "oodsweep.seed_repeat"
-SOURCE_TRIAL_TAG = "oodsweep.source_trial_id"
-PARENT_TAG = "mlflow.parentRunId"
-STUDY_TAG = "oodsweep.study"
+# numpy, pandas and the metrics module are imported where used: `python -m orchestrator --help` stays instant.
 
 #: Leaderboard value columns -> the MLflow metric each is read from.
 METRICS = {

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.metrics import OODMatrix
+from orchestrator.tracking.tags import (  # noqa: F401 - the tag names, also read from here
+    SEED_REPEAT_TAG,
+    SOURCE_TRIAL_TAG,
+    STUDY_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+)
 
-TRIAL_TAG = "oodsweep.trial_id"
-#: Tag of a study's parent run and of the sweeps nested under it (python -m orchestrator benchmark).
-STUDY_TAG = "oodsweep.study"
 #: Per-epoch metrics of a trial are written at most this often (the final result and the end of a trial at once).
 FLUSH_SECONDS = 5.0
-SWEEP_TAG = "oodsweep.sweep"
-#: Tags of a seed-repeat child run (``sweep --seeds``) and of the trial whose configuration it repeats.
-SEED_REPEAT_TAG = "oodsweep.seed_repeat"
-SOURCE_TRIAL_TAG = "oodsweep.source_trial_id"
 #: Result key carrying, as JSON, the per-epoch metrics of the epochs a Tune report stands for before its own.
 HISTORY_KEY = "epoch_history_json"
 

@@ -1,0 +1,13 @@
+"""The MLflow tag names oodsweep writes and reads (a module without imports: ``report`` and ``--help`` stay fast)."""
+
+#: A sweep's child run: the trial's id within the sweep.
+TRIAL_TAG = "oodsweep.trial_id"
+#: A sweep's parent run: the sweep's name.
+SWEEP_TAG = "oodsweep.sweep"
+#: A study's parent run and the sweeps nested under it (python -m orchestrator benchmark).
+STUDY_TAG = "oodsweep.study"
+#: A seed-repeat child run (``sweep --seeds``) and the trial whose configuration it repeats.
+SEED_REPEAT_TAG = "oodsweep.seed_repeat"
+SOURCE_TRIAL_TAG = "oodsweep.source_trial_id"
+#: MLflow's own tag of a nested run.
+PARENT_TAG = "mlflow.parentRunId"
