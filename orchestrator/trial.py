@@ -121,6 +121,32 @@ def obtain_model(method: Method, params: Params, bench: Benchmark, settings: Tri
         return model, key, True
 
 
+@dataclass
+class Network:
+    """A configuration resolved against its method's knobs, and its network (cached, or trained by this call)."""
+
+    method: Method
+    params: Params
+    device: Any
+    cache: ModelCache
+    model: Any
+    key: str
+    trained: bool
+
+
+def network_for(config: Mapping[str, Any], bench: Benchmark, settings: TrialSettings,
+                report: Callable | None = None, checkpoint=None) -> Network:
+    """Seed this process, resolve ``config`` and obtain its network (:func:`obtain_model`): the first step of a
+    trial, a sweep's preparation, an extraction shard and the figures' rescoring."""
+    seed_everything(settings)
+    method = methods.get(settings.method)
+    params = trial_params(method, config, bench)
+    device = pick_device()
+    cache = ModelCache(settings.cache_dir)
+    model, key, trained = obtain_model(method, params, bench, settings, device, cache, report, checkpoint)
+    return Network(method, params, device, cache, model, key, trained)
+
+
 def external_model(model: dict[str, Any], bench: Benchmark, settings: TrialSettings):
     """The ``--model`` network, built, loaded and adapted (on the device the trial uses)."""
     spec = external.ModelSpec(**model)
@@ -191,15 +217,11 @@ def prepare_shared(config: dict[str, Any], bench: Benchmark,
     every node: a shared ``--cache-dir``). Returns (the OutputStore holding the network and its outputs, the
     result: cache key, outputs, sweep work, whether this call trained the network).
     """
-    seed_everything(settings)
-    method = methods.get(settings.method)
-    params = trial_params(method, config, bench)
-    device = pick_device()
-    cache = ModelCache(settings.cache_dir)
-    model, key, trained = obtain_model(method, params, bench, settings, device, cache)
+    net = network_for(config, bench, settings)
+    method, params, cache, key = net.method, net.params, net.cache, net.key
     scorer = method.scorer(params)
     with_fmap = scorer.reads_feature_map
-    store = OutputStore(model.eval(), bench, device, persist=functools.partial(cache.outputs, key))
+    store = OutputStore(net.model.eval(), bench, net.device, persist=functools.partial(cache.outputs, key))
     outputs = {(name, with_fmap): store.get(name, with_fmap) for name in bench.splits()
                if name != "id_train" or scorer.needs_fit}
     # Fit here only for scorers that share sweep work (fitting DMR's head or KIRBY's Grad-CAM would be wasted); the
@@ -210,36 +232,29 @@ def prepare_shared(config: dict[str, Any], bench: Benchmark,
                           lambda: fit_scorer(scorer, store).sweep_work(store))
     if sum(a.nbytes for o in outputs.values() for a in (o.logits, o.features, o.fmap) if a is not None) > SHIP_BYTES:
         outputs = {}  # trials read the cache's memory-mapped files instead (PosthocEvaluator, run_trial)
-    return store, {"key": key, "outputs": outputs, "work": work, "trained": trained}
+    return store, {"key": key, "outputs": outputs, "work": work, "trained": net.trained}
 
 
 def prepare_network(config: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict[str, Any]:
     """Train (or find) the network of ``config``: its cache key, whether this call trained it, whether its scorer
     reads the last feature map (what extraction must keep) and is fitted on the training split (whether that is
     extracted) — the first step of a sharded extraction."""
-    seed_everything(settings)
-    method = methods.get(settings.method)
-    params = trial_params(method, config, bench)
-    cache = ModelCache(settings.cache_dir)
-    _, key, trained = obtain_model(method, params, bench, settings, pick_device(), cache)
-    scorer = method.scorer(params)
-    return {"key": key, "trained": trained, "with_fmap": scorer.reads_feature_map, "fits": scorer.needs_fit}
+    net = network_for(config, bench, settings)
+    scorer = net.method.scorer(net.params)
+    return {"key": net.key, "trained": net.trained, "with_fmap": scorer.reads_feature_map, "fits": scorer.needs_fit}
 
 
 def extract_shard(config: dict[str, Any], bench: Benchmark, settings: TrialSettings, split: str, start: int,
                   stop: int, with_fmap: bool) -> str:
     """Extract images ``start:stop`` of ``split`` with the (cached) network of ``config`` into the cache as a
     shard entry, unless it is there already (an interrupted extraction resumes with the missing shards)."""
-    seed_everything(settings)
-    method = methods.get(settings.method)
-    params = trial_params(method, config, bench)
-    cache = ModelCache(settings.cache_dir)
-    model, key, _ = obtain_model(method, params, bench, settings, pick_device(), cache)
+    net = network_for(config, bench, settings)
+    cache, key = net.cache, net.key
     name = ModelCache.shard_name(split, start, stop)
     if cache.load_outputs(key, name, with_fmap) is None:
         part = bench.splits()[split]
         piece = Split(select(part.x, slice(start, stop)), None if part.y is None else part.y[start:stop])
-        cache.save_outputs(key, name, with_fmap, extract(model.eval(), piece, pick_device(), with_fmap))
+        cache.save_outputs(key, name, with_fmap, extract(net.model.eval(), piece, net.device, with_fmap))
     return name
 
 
@@ -257,17 +272,12 @@ def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
     ``report(metrics, save_checkpoint)`` receives per-epoch results of methods that train; ``checkpoint``
     is a Tune checkpoint to resume from; ``shared`` is :func:`shared_outputs`' result. All optional.
     """
-    seed_everything(settings)
-    method = methods.get(settings.method)
-    params = trial_params(method, config, bench)
-    device = pick_device()
-    cache = ModelCache(settings.cache_dir)
     started = time.time()
-    model, key, trained_here = obtain_model(method, params, bench, settings, device, cache, report, checkpoint)
-    mine = shared if shared and shared.get("key") == key else None  # the sweep's prepared outputs fit this network
-    store = store_for(model.eval(), bench, device, cache, key, mine)
-    result = evaluate(method, params, store, settings, mine)
-    result.update({"model_key": key, "trained_model": trained_here, "trial_seconds": time.time() - started})
+    net = network_for(config, bench, settings, report, checkpoint)
+    mine = shared if shared and shared.get("key") == net.key else None  # the sweep's prepared outputs fit this net
+    store = store_for(net.model.eval(), bench, net.device, net.cache, net.key, mine)
+    result = evaluate(net.method, net.params, store, settings, mine)
+    result.update({"model_key": net.key, "trained_model": net.trained, "trial_seconds": time.time() - started})
     return result
 
 
@@ -319,15 +329,10 @@ def best_scores(config: dict[str, Any], bench: Benchmark, settings: TrialSetting
     wrote to); outputs come from the cache too, so this is a scorer fit plus a scorer call. ``shared``: a post-hoc
     sweep's prepared outputs and sweep work (e.g. KNN's neighbour tables), used instead of recomputing.
     """
-    seed_everything(settings)
-    method = methods.get(settings.method)
-    params = trial_params(method, config, bench)
-    device = pick_device()
-    cache = ModelCache(settings.cache_dir)
-    model, key, _ = obtain_model(method, params, bench, settings, device, cache)
-    mine = shared if shared and shared.get("key") == key else None  # the sweep's prepared outputs fit this network
-    store = store_for(model.eval(), bench, device, cache, key, mine)
-    return scores_on_test_sets(fitted_scorer(method, params, store, mine), store)
+    net = network_for(config, bench, settings)
+    mine = shared if shared and shared.get("key") == net.key else None  # the sweep's prepared outputs fit this net
+    store = store_for(net.model.eval(), bench, net.device, net.cache, net.key, mine)
+    return scores_on_test_sets(fitted_scorer(net.method, net.params, store, mine), store)
 
 
 class PosthocEvaluator:

@@ -35,21 +35,18 @@ def one_off_knn_work(bench, cache_dir: str) -> tuple[float, float]:
     """Seconds of the two things a classifier's first knn sweep computes once (and caches), timed alone in this
     process with 2 threads: the training split's features, and the 1,024-nearest-neighbour tables of every
     evaluation split (exact faiss search, as the sweep's preparation)."""
-    import methods
     from methods.knn import MEMO_WIDTH, flat_l2_index, l2_normalise
     from orchestrator.evaluation import extract
-    from orchestrator.trial import obtain_model, seed_everything, trial_params
+    from orchestrator.trial import network_for
 
     settings = TrialSettings("knn", cache_dir=cache_dir, threads=2, data_fingerprint=bench.fingerprint())
-    seed_everything(settings)
-    method = methods.get("knn")
-    model, _, _ = obtain_model(method, trial_params(method, {}, bench), bench, settings, "cpu", ModelCache(cache_dir))
-    model.eval()
+    net = network_for({}, bench, settings)
+    model, device = net.model.eval(), net.device
     t0 = time.perf_counter()
-    bank = extract(model, bench.id_train, "cpu").features
+    bank = extract(model, bench.id_train, device).features
     t_extract = time.perf_counter() - t0
     index, _ = flat_l2_index(l2_normalise(bank), use_gpu=False)
-    queries = [l2_normalise(extract(model, split, "cpu").features)
+    queries = [l2_normalise(extract(model, split, device).features)
                for name, split in bench.splits().items() if name != "id_train"]
     t0 = time.perf_counter()
     for q in queries:
