@@ -119,10 +119,15 @@ def _atomic_write(path: Path, write) -> None:
 
 def _save_arrays(folder: Path, arrays: dict[str, np.ndarray], names: dict[str, str] | None = None) -> None:
     """One checksummed ``.npy`` per array (file stem = key), then the manifest listing them (and ``names``: stem →
-    the caller's name for it): an entry is complete only once its manifest is there."""
+    the caller's name for it)."""
     for stem, array in arrays.items():
         _write_checksummed(folder / f"{stem}.npy", lambda f, a=array: np.save(f, np.asarray(a)))
-    manifest = {"arrays": list(arrays), **({"names": names} if names is not None else {})}
+    _write_manifest(folder, list(arrays), names)
+
+
+def _write_manifest(folder: Path, stems: list[str], names: dict[str, str] | None = None) -> None:
+    """The manifest of an entry whose arrays are written: an entry is complete only once it is there."""
+    manifest = {"arrays": stems, **({"names": names} if names is not None else {})}
     _write_checksummed(folder / MANIFEST, lambda f: f.write(json.dumps(manifest).encode()))
 
 
@@ -274,7 +279,7 @@ class ModelCache:
                     f.write(np.ascontiguousarray(getattr(p, name)).tobytes())
 
             _write_checksummed(folder / f"{name}.npy", write)
-        _write_checksummed(folder / MANIFEST, lambda f: f.write(json.dumps({"arrays": names}).encode()))
+        _write_manifest(folder, names)
         for name in shards:
             shutil.rmtree(self._outputs_dir(key, name, with_fmap), ignore_errors=True)
         with open(self.root / "extracted.log", "a") as log:

@@ -79,12 +79,12 @@ def _fpr_at(tp: np.ndarray, fp: np.ndarray) -> float:
 
 
 def fpr_at_95(s_id, s_ood, convention: str = "classic") -> float:
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown FPR@95 convention {convention!r}; choose one of {CONVENTIONS}")
     return _fpr95(_Curves(*_check(s_id, s_ood)), convention)
 
 
 def _fpr95(c: _Curves, convention: str) -> float:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown FPR@95 convention {convention!r}; choose one of {CONVENTIONS}")
     if convention == "classic":
         # ID positive: FPR (OOD accepted) at the first ROC point with TPR (ID accepted) ≥ 95 %.
         return _fpr_at(c.tp_in, c.fp_in)
@@ -100,8 +100,6 @@ def roc_curve(s_id, s_ood) -> tuple[np.ndarray, np.ndarray]:
 
 def ood_metrics(s_id, s_ood, convention: str = "classic") -> dict[str, float]:
     """AUROC, AUPR-In, AUPR-Out and FPR@95 (the given convention) for one OOD set."""
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown FPR@95 convention {convention!r}; choose one of {CONVENTIONS}")
     c = _Curves(*_check(s_id, s_ood))
     fpr, tpr = _roc(c.tp_in, c.fp_in)
     return {"auroc": float(np.trapezoid(tpr, fpr)), "aupr_in": _aupr(c.tp_in, c.fp_in),

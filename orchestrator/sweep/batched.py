@@ -157,17 +157,17 @@ class EvaluatorPool:
         return done
 
     def _holding(self):
+        """A new actor told to hold the prepared outputs: (actor, ObjectRef ready once it holds them)."""
         actor = self._start()
-        actor.hold.remote([self.shared])
-        return actor
+        return actor, actor.hold.remote([self.shared])
 
     def grow(self, count: int) -> dict:
         """Start actors holding the prepared outputs until there are ``count``; returns {ObjectRef that is ready
         when the actor holds them: actor} (a batch sent earlier would wait for the actor's start-up)."""
         new = {}
         for _ in range(count - len(self.actors)):
-            actor = self._start()
-            new[actor.hold.remote([self.shared])] = actor
+            actor, ready = self._holding()
+            new[ready] = actor
             self.actors.append(actor)
         return new
 
@@ -182,7 +182,7 @@ class EvaluatorPool:
         """A new actor, holding the prepared outputs, in place of ``actor`` (lost with its worker or node)."""
         import ray
 
-        new = self._holding()
+        new, _ = self._holding()
         self.actors[self.actors.index(actor)] = new
         ray.kill(actor)
         return new

@@ -314,12 +314,14 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
 def _import_figure_libraries(opts: SweepOptions):
     """Import what the sweep's figures need — matplotlib, Optuna's plots and its importances (which import
     scikit-learn): ~1.5 s in a fresh driver — on a thread now, while the driver only waits for the evaluators
-    to start, instead of after the last trial. Returns the thread (joined before the figures are drawn)."""
+    to start, instead of after the last trial. Returns the thread (joined before the figures are drawn), or None
+    when the sweep draws none."""
     import threading
 
+    if not opts.figures:
+        return None
+
     def load():
-        if not opts.figures:
-            return
         try:
             import optuna.importance  # noqa: F401
             import optuna.visualization.matplotlib  # noqa: F401

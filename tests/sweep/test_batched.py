@@ -124,7 +124,7 @@ def test_a_second_sweep_of_the_same_name_is_refused(batched):
     assert res.returncode == 2 and "already holds a study named 'b6'" in res.stderr
 
 
-# ---------------------------------------------------------------- stopped and resumed
+# ---------------------------------------------------------------- after a sharded extraction
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     """A batched knn sweep whose splits over 200 images (the smoke training split: 300) are extracted in shards
@@ -150,6 +150,7 @@ def test_a_batched_sweep_with_sharded_extraction_finishes_its_trials(sharded):
     assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
 
 
+# ---------------------------------------------------------------- stopped and resumed
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory):
     """A 120-configuration batched sweep stopped by SIGINT once its first batches finished."""
