@@ -185,7 +185,10 @@ class ModelCache:
 
     # ---- models
     def has_model(self, key: str) -> bool:
-        return bool(_intact(self._dir(key) / "model.pt"))
+        """Whether a complete entry is there (weights and their checksum written), without hashing the weights:
+        :meth:`load_model` verifies them (a damaged entry is moved aside there and trained again)."""
+        path = self._dir(key) / "model.pt"
+        return path.is_file() and _checksum_path(path).is_file()
 
     def load_model(self, key: str, model) -> bool:
         """Load the cached weights into ``model``; False when there is no complete, intact entry (a damaged one is

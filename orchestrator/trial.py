@@ -99,12 +99,17 @@ def obtain_model(method: Method, params: Params, bench: Benchmark, settings: Tri
     if user:  # a fine-tuning method starts from the user's network instead of the shared classifier
         spec = {**spec, "base": external_key(settings.model, bench, settings)}
     key = config_key(spec)
-    model = external_model(settings.model, bench, settings) if user else build_model(method, params, bench)
+    if user:
+        model = external_model(settings.model, bench, settings)
+    else:  # a cached network's weights hold its input statistics: computed only for one about to be trained
+        model = build_model(method, params, bench, with_stats=not cache.has_model(key))
     if cache.load_model(key, model):
         return model.to(device), key, False
     with cache.lock(key):  # concurrent trials wanting the same network wait here instead of training it too
         if cache.load_model(key, model):
             return model.to(device), key, False
+        if not user:  # trained here: from a fresh network with the training images' statistics
+            model = build_model(method, params, bench)
         started = time.time()
         if method.finetunes and not user:
             base, _, _ = obtain_model(CrossEntropyClassifier(), base_params(params), bench, settings, device, cache)
@@ -159,9 +164,11 @@ def external_key(model: dict[str, Any], bench: Benchmark, settings: TrialSetting
                        "data": settings.data_fingerprint or bench.fingerprint()})
 
 
-def build_model(method: Method, params: Params, bench: Benchmark):
+def build_model(method: Method, params: Params, bench: Benchmark, with_stats: bool = True):
+    """The untrained network of (method, params). ``with_stats=False``: input statistics left at mean 0, std 1 —
+    for weights about to be loaded, which carry their own (computing them is a pass over the training images)."""
     c, h, _ = bench.image_shape
-    mean, std = bench.mean_std()
+    mean, std = bench.mean_std() if with_stats else ([0.0] * c, [1.0] * c)
     sigma = params["sigma"] if method.head == "zscore" else None  # the z-scored head's knob (ASCOOD declares it)
     return build_classifier(params["backbone"], c, h, bench.num_classes, mean, std, head=method.head, sigma=sigma)
 

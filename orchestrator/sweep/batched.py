@@ -2,11 +2,12 @@
 
 A post-hoc configuration costs milliseconds to score, while a Ray Tune trial costs a trial's bookkeeping on the
 driver (and the trial used to reload the network): measured at 8-17x Tune + Optuna's own per-trial floor. When
-every searched knob is post-hoc (the network is fixed), the sweep instead keeps ``max_concurrent`` Ray actors
-(:class:`EvaluatorPool`: the first prepares the shared network and its outputs, the others hold them from the
-object store), and sends each a batch of configurations that the driver asked Optuna for (``study.ask``; TPE
-treats the batch's pending trials with its constant liar). Each configuration is still one Optuna trial (told
-its objectives) and one MLflow child run, with the same metrics and matrix artifacts as a Tune trial.
+every searched knob is post-hoc (the network is fixed), the sweep instead keeps up to ``max_concurrent`` Ray
+actors (:class:`EvaluatorPool`: the shared network and its outputs are prepared once; the other actors, started
+when the work left pays for their start-up, hold them from the object store), and sends each a batch of
+configurations that the driver asked Optuna for (``study.ask``; TPE treats the batch's pending trials with its
+constant liar). Each configuration is still one Optuna trial (told its objectives) and one MLflow child run,
+with the same metrics and matrix artifacts as a Tune trial.
 ``--batch-size 0`` runs post-hoc sweeps through Tune.
 
 Failure and stopping follow the Tune path: a configuration that raises is a FAILED run and a FAIL Optuna trial;
@@ -16,6 +17,7 @@ submission loop, in-flight configurations become KILLED runs and FAIL trials (us
 """
 from __future__ import annotations
 
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,12 @@ from typing import Any
 BATCH_SIZE = 4
 #: How often the loop looks at the signals while batches run.
 POLL_SECONDS = 0.5
+#: About what one more evaluator costs to start: a Ray worker, the PyTorch import and the prepared outputs from
+#: the object store (1.5-2.5 s measured on 2 cores, ``scripts/posthoc_sweep_speed.py``). The pool grows beyond the
+#: preparing evaluator only while the configurations left would keep the present evaluators busy longer than this:
+#: a sweep of millisecond configurations (knn, energy) is over before another evaluator could start, and starting
+#: it anyway would take CPU from the driver's figures and MLflow writes.
+EVALUATOR_START_SECONDS = 2.0
 #: Optuna user attribute of a trial that the user stopped (it is told FAIL: Optuna has no "killed" state).
 STOPPED_ATTR = "stopped"
 #: Optuna user attribute with the trial's id in MLflow (tag oodsweep.trial_id): the stored study numbers trials in
@@ -114,11 +122,12 @@ class EvaluatorPool:
     """A post-hoc sweep's evaluator actors and the network they share.
 
     The first actor starts at once (it imports PyTorch and loads the benchmark while the driver opens its MLflow
-    runs) and prepares the network and its outputs inside its own process (:meth:`Evaluator.prepare`) with every
-    CPU of its node; the others start once that is done (:meth:`grow`: they would only compete with it for CPUs)
-    and hold the result from the object store, while the first already scores. There is no separate preparation
-    process, and the actor that prepared keeps the outputs it made. A lost actor is replaced by one that holds the
-    same outputs.
+    runs). On a cluster of several nodes it prepares the network and its outputs inside its own process
+    (:meth:`Evaluator.prepare`) with every CPU of its node, and keeps them; when the cluster is this machine alone,
+    the driver prepares them meanwhile (:class:`DriverPreparation`) and the first actor holds the result. The
+    others start once that is done (:meth:`grow`: they would only compete for CPUs), and only when the sweep's pace
+    says they pay for their start-up (:class:`Pace`); they hold the result from the object store while the first
+    already scores. A lost actor is replaced by one that holds the same outputs.
     """
 
     def __init__(self, prep):
@@ -127,6 +136,7 @@ class EvaluatorPool:
         self._cls = ray.remote(Evaluator).options(num_cpus=prep.resources["cpu"], num_gpus=prep.resources["gpu"])
         self._refs = [ray.put(prep.bench)]
         self._settings = prep.trial_settings().as_dict()
+        self._prep = prep
         self.actors = [self._start()]
         #: ObjectRef of :func:`orchestrator.trial.shared_outputs`' result, once :meth:`prepared` succeeded.
         self.shared = None
@@ -134,27 +144,50 @@ class EvaluatorPool:
     def _start(self):
         return self._cls.remote(self._refs, self._settings)
 
-    def submit_prepare(self, config: dict[str, Any]):
-        """Start the preparation on the first actor; returns its ObjectRef (:meth:`prepared` waits for it)."""
+    def submit_prepare(self, config: dict[str, Any], here: bool | None = None):
+        """Start the preparation: in this process (``here``; by default when the cluster is this machine alone,
+        :func:`prepares_here`) as a :class:`DriverPreparation`, else on the first actor (its ObjectRef).
+        :meth:`prepared` waits for it."""
+        if prepares_here() if here is None else here:
+            return DriverPreparation(self._prep, config)
         return self.actors[0].prepare.remote(dict(config))
 
-    def prepared(self, ref, config: dict[str, Any], retries: int) -> dict[str, Any]:
-        """Wait for the preparation ``ref``; a lost actor is replaced and the preparation rerun, up to ``retries``
-        times (its failure otherwise fails the sweep here, before any trial)."""
+    def prepared(self, preparing, config: dict[str, Any], retries: int) -> dict[str, Any]:
+        """Wait for the preparation ``preparing``; a lost actor is replaced (and its preparation rerun), up to
+        ``retries`` times (a failure otherwise fails the sweep here, before any trial)."""
         import ray
 
+        if isinstance(preparing, DriverPreparation):
+            done = preparing.result()
+            self.shared = ray.put(done)  # one copy in the object store; the evaluators read it zero-copy
+            self._hold_first(retries)
+            return done
         for attempt in range(retries + 1):
             try:
-                done = ray.get(ref)
+                done = ray.get(preparing)
                 break
             except ray.exceptions.RayActorError:
                 if attempt == retries:
                     raise
                 ray.kill(self.actors[0])
                 self.actors[0] = self._start()
-                ref = self.submit_prepare(config)
-        self.shared = ref
+                preparing = self.actors[0].prepare.remote(dict(config))
+        self.shared = preparing
         return done
+
+    def _hold_first(self, retries: int) -> None:
+        """The first actor (started while this process prepared) holds the prepared outputs."""
+        import ray
+
+        for attempt in range(retries + 1):
+            try:
+                ray.get(self.actors[0].hold.remote([self.shared]))
+                return
+            except ray.exceptions.RayActorError:
+                if attempt == retries:
+                    raise
+                ray.kill(self.actors[0])
+                self.actors[0] = self._start()
 
     def _holding(self):
         """A new actor told to hold the prepared outputs: (actor, ObjectRef ready once it holds them)."""
@@ -202,6 +235,55 @@ class EvaluatorPool:
         self.actors = []
 
 
+def prepares_here() -> bool:
+    """Whether the cluster is this machine alone (a laptop or workstation; Ray started by this sweep or joined on
+    it). The driver then prepares the shared network and its outputs itself: it has imported PyTorch and holds the
+    benchmark already, while an evaluator would first spend ~1.5 s importing PyTorch and then extract ~40 % slower
+    than this process in its first seconds (measured on 2 cores; where the work runs changes nothing else on one
+    node). On a cluster of several nodes the first evaluator prepares, where Ray placed it (its GPU, its data)."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
+
+
+class DriverPreparation:
+    """:func:`orchestrator.trial.prepare_shared` run in this process with every CPU of the node, on a daemon thread:
+    the driver meanwhile opens the sweep's MLflow run and the evaluators start. A daemon, so that Ctrl-C while it
+    runs ends the sweep at once (the cache's writes are atomic: nothing half-written is ever read)."""
+
+    def __init__(self, prep, config: dict[str, Any]):
+        import dataclasses
+        import threading
+
+        from orchestrator.sweep.extraction import largest_node_cpus
+
+        threads = max(1, int(max(prep.resources["cpu"], largest_node_cpus())))
+        settings = dataclasses.replace(prep.trial_settings(), threads=threads)
+        self._done: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(dict(config), prep.bench, settings),
+                                        name="oodsweep-prepare", daemon=True)
+        self._thread.start()
+
+    def _run(self, config, bench, settings) -> None:
+        from orchestrator.trial import prepare_shared
+
+        try:
+            _, self._done = prepare_shared(config, bench, settings)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the driver's thread by result()
+            self._error = exc
+
+    def result(self) -> dict[str, Any]:
+        """The prepared outputs (:func:`orchestrator.trial.prepare_shared`'s second value); raises its error."""
+        while self._thread.is_alive():
+            self._thread.join(timeout=POLL_SECONDS)  # a signal still interrupts the driver between waits
+        if self._error is not None:
+            raise self._error
+        done, self._done = self._done, None
+        return done
+
+
 def capacity(prep) -> int:
     """How many evaluators the cluster can hold at once (an actor that cannot be placed would hold its batch
     forever; Tune likewise starts only the trials that fit)."""
@@ -211,6 +293,39 @@ def capacity(prep) -> int:
     needs = {"CPU": prep.resources["cpu"], "GPU": prep.resources["gpu"]}
     fits = [total.get(name, 0) // need for name, need in needs.items() if need > 0]
     return max(1, int(min(fits)))
+
+
+class Pace:
+    """Evaluator-seconds per configuration, from the batches that came back, to decide whether another evaluator
+    would pay for its start-up (:data:`EVALUATOR_START_SECONDS`)."""
+
+    def __init__(self, start_seconds: float = EVALUATOR_START_SECONDS, clock=time.monotonic):
+        self.start_seconds, self.clock = start_seconds, clock
+        self.busy = 0.0  # evaluator-seconds of the batches that came back
+        self.scored = 0  # their configurations
+        self.first_sent: float | None = None
+        self._sent: dict[int, float] = {}
+
+    def sent(self, batch: list) -> None:
+        now = self.clock()
+        self._sent[id(batch)] = now
+        if self.first_sent is None:
+            self.first_sent = now
+
+    def done(self, batch: list) -> None:
+        started = self._sent.pop(id(batch), None)
+        if started is not None:
+            self.busy += self.clock() - started
+            self.scored += len(batch)
+
+    def worth_another(self, remaining: int, evaluators: int) -> bool:
+        """Whether the ``remaining`` configurations would keep ``evaluators`` busy for longer than one more takes to
+        start — before any batch came back: whether the first has run longer than that."""
+        if remaining <= 0:
+            return False
+        if self.scored == 0:
+            return self.first_sent is not None and self.clock() - self.first_sent > self.start_seconds
+        return remaining * self.busy / self.scored / max(1, evaluators) > self.start_seconds
 
 
 def trial_id(number: int) -> str:
@@ -271,13 +386,18 @@ def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size
 
     # Lost actors are replaced here rather than by Ray's max_restarts, which warns on the terminal about actors
     # whose constructor arguments live in the object store.
-    # The preparing actor scores at once; the others join the moment they hold the prepared outputs.
-    joining = pool.grow(min(prep.max_concurrent, remaining, capacity(prep)))
-    idle = [a for a in pool.actors if a not in joining.values()]
+    # The preparing actor scores at once; the others start when the work left is worth their start-up
+    # (EVALUATOR_START_SECONDS) and join the moment they hold the prepared outputs.
+    target = min(prep.max_concurrent, remaining, capacity(prep))
+    joining: dict = {}  # ObjectRef ready once the actor holds the outputs -> actor
+    idle = list(pool.actors)
     running: dict[Any, tuple[Any, list, int]] = {}  # ObjectRef -> (actor, [(optuna trial, config)], attempt)
+    pace = Pace()
     progress.update(done)
     try:
         while remaining > 0 or running:
+            if len(pool.actors) < target and pace.worth_another(remaining, len(pool.actors)):
+                joining.update(pool.grow(target))
             while idle and remaining > 0 and not signals.received:
                 batch = []
                 for _ in range(min(batch_size, remaining)):
@@ -288,6 +408,7 @@ def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size
                 remaining -= len(batch)
                 actor = idle.pop()
                 running[actor.run.remote([c for _, c, _ in batch])] = (actor, batch, 0)
+                pace.sent(batch)
                 progress.running = sum(len(b) for _, b, _ in running.values())
             if signals.received:
                 break
@@ -302,8 +423,10 @@ def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size
                     idle.append(actor)
                 except ray.exceptions.RayError:  # it could not start: the others carry on without it
                     pool.drop(actor)
+                    target -= 1
                 continue
             actor, batch, attempt = running.pop(ready[0])
+            pace.done(batch)
             try:
                 results = ray.get(ready[0])
             except ray.exceptions.RayActorError as exc:  # the worker or its node was lost: a new actor
@@ -329,7 +452,7 @@ def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size
                     keep(trial)
                     logger.record(tid, config, "FAILED", error=error, started_ms=started)
                     done.append(Outcome(tid, config, error=error))
-                    progress.failed(tid)
+                    progress.failed_one(tid)
             progress.running = sum(len(b) for _, b, _ in running.values())
             progress.batch_done()
     finally:

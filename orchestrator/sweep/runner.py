@@ -24,6 +24,7 @@ from orchestrator.sweep import extraction, scheduling, state, study
 from orchestrator.sweep.interrupt import StopSignals
 from orchestrator.sweep.prepare import Prepared, SweepOptions
 from orchestrator.tracking.runs import STUDY_TAG
+from orchestrator.tracking.trial_runs import TrialRuns
 
 
 @dataclass
@@ -210,12 +211,6 @@ def run(prep: Prepared) -> SweepResult:
 
 
 def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
-    from ray import tune
-
-    from orchestrator.sweep.progress import ProgressPrinter
-    from orchestrator.sweep.trainable import tune_trainable
-    from orchestrator.tracking.callback import MLflowTrialLogger
-
     opts, space, bench = prep.opts, prep.space, prep.bench
     method = methods.get(opts.method)
     started = time.time()
@@ -237,7 +232,7 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     pool = preparing = None
     if prep.batch_size and not extraction.needed(bench):
         pool, preparing = _start_pool(prep)
-    figure_imports = _import_figure_libraries(opts)
+    figure_imports = _import_figure_libraries(opts, len(space.knobs))
     try:
         sweep_run, status_before = _open_parent_run(prep, method, tags)
     except BaseException:
@@ -258,10 +253,16 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
         if prep.batch_size:  # post-hoc knobs only: configurations in batches on evaluator actors
             pool, prepared_network = _prepared_pool(prep, pool, preparing)
             shared = pool.shared
-            logger = MLflowTrialLogger(sweep_run, tags=tags)
+            logger = TrialRuns(sweep_run, tags=tags)
             status_before = None  # from here on, the sweep's own outcome is what its parent run records
             grid = _run_batched(prep, pool, logger, signals)
-        else:
+        else:  # Ray Tune, imported only here (~0.4 s): a batched sweep never needs it
+            from ray import tune
+
+            from orchestrator.sweep.trainable import tune_trainable
+            from orchestrator.sweep.tune_progress import ProgressPrinter
+            from orchestrator.tracking.callback import MLflowTrialLogger
+
             shared, prepared_network = _prewarm(method, space, prep.fixed, bench, settings, prep.resources, opts)
             logger = MLflowTrialLogger(sweep_run, tags=tags)
             trainable = tune.with_resources(
@@ -311,11 +312,11 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
         sweep_run.end(status_before if status_before and status != "KILLED" else status)
 
 
-def _import_figure_libraries(opts: SweepOptions):
-    """Import what the sweep's figures need — matplotlib, Optuna's plots and its importances (which import
-    scikit-learn): ~1.5 s in a fresh driver — on a thread now, while the driver only waits for the evaluators
-    to start, instead of after the last trial. Returns the thread (joined before the figures are drawn), or None
-    when the sweep draws none."""
+def _import_figure_libraries(opts: SweepOptions, searched: int):
+    """Import what the sweep's figures need — matplotlib, Optuna's plots and, when ``searched`` knobs are enough
+    for an importance plot, its importances (which import scikit-learn): ~1.5 s in a fresh driver — on a thread
+    now, while the driver only waits for the evaluators to start, instead of after the last trial. Returns the
+    thread (joined before the figures are drawn), or None when the sweep draws none."""
     import threading
 
     if not opts.figures:
@@ -323,7 +324,8 @@ def _import_figure_libraries(opts: SweepOptions):
 
     def load():
         try:
-            import optuna.importance  # noqa: F401
+            if searched >= 2:
+                import optuna.importance  # noqa: F401
             import optuna.visualization.matplotlib  # noqa: F401
 
             import orchestrator.tracking.figures  # noqa: F401

@@ -231,8 +231,10 @@ def log_optuna_figures(client, run_id: str, study, metric: str) -> list[str]:
             _log(client, run_id, _fit(ax.figure), "figures/optuna_parallel_coordinate.png")
         else:
             notes.append("parallel coordinates skipped: the search space has no searched knob")
-        if n < 2 or not searched:
-            notes.append(f"hyperparameter importances skipped: need at least 2 finished trials and a searched knob "
+        if n < 2 or len(searched) < 2:
+            # One searched knob has importance 1 by definition (they are normalised): the plot would say nothing,
+            # and Optuna's importance module imports scikit-learn (~1 s).
+            notes.append(f"hyperparameter importances skipped: need at least 2 finished trials and 2 searched knobs "
                          f"(have {n} trial(s), {len(searched)} knob(s))")
         else:
             try:

@@ -1,12 +1,13 @@
-"""The batched engine's evaluator pool through real Ray: the first actor prepares the shared outputs, the others
-hold them, a lost actor is replaced by one that scores alike, and the prepared outputs outlive the actors (the
-sweep figures read them after the pool closed)."""
+"""The batched engine's evaluator pool through real Ray, with the shared outputs prepared by the driver (a one-node
+cluster) and by the first actor (a cluster of several nodes): the others hold them, a lost actor is replaced by one
+that scores alike, and the prepared outputs outlive the actors (the sweep figures read them after the pool
+closed)."""
 from types import SimpleNamespace
 
 import pytest
 import ray
 
-from orchestrator.sweep.batched import EvaluatorPool
+from orchestrator.sweep.batched import DriverPreparation, EvaluatorPool, prepares_here
 from orchestrator.sweep.prepare import SweepOptions, prepare
 
 pytestmark = pytest.mark.integration
@@ -14,15 +15,17 @@ pytestmark = pytest.mark.integration
 TEMPERATURES = (0.5, 3.0)
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    work = tmp_path_factory.mktemp("pool")
+@pytest.fixture(scope="module", params=["driver", "actor"])
+def pool(request, tmp_path_factory):
+    work = tmp_path_factory.mktemp(f"pool-{request.param}")
     prep = prepare(SweepOptions(method="energy", benchmark="digits", smoke_test=True, num_samples=2,
                                 cache_dir=str(work / "cache"), tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
                                 storage_path=str(work / "results"), dashboard=False, quiet=True))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, address="local")
     pool = EvaluatorPool(prep)
-    done = pool.prepared(pool.submit_prepare(prep.fixed), prep.fixed, retries=1)
+    preparing = pool.submit_prepare(prep.fixed, here=request.param == "driver")
+    assert isinstance(preparing, DriverPreparation) == (request.param == "driver")
+    done = pool.prepared(preparing, prep.fixed, retries=1)
     ray.get(list(pool.grow(2)))
     configs = [{**prep.fixed, "temperature": t} for t in TEMPERATURES]  # as the sweep sends them
     yield SimpleNamespace(pool=pool, done=done, configs=configs)
@@ -36,8 +39,12 @@ def _scores(s, actor):
     return [r["val/auroc"] for r, _ in results]
 
 
-def test_the_first_actor_trains_the_shared_network(pool):
+def test_the_preparation_trains_the_shared_network(pool):
     assert pool.done["trained"] is True
+
+
+def test_a_local_cluster_is_prepared_by_the_driver(pool):
+    assert prepares_here()
 
 
 def test_an_actor_holding_the_prepared_outputs_scores_like_the_one_that_prepared(pool):

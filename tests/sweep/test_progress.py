@@ -1,7 +1,7 @@
 """The progress lines: counts from Tune's trial list (right after a resume), a heartbeat while trials run."""
 from types import SimpleNamespace
 
-from orchestrator.sweep.progress import ProgressPrinter
+from orchestrator.sweep.tune_progress import ProgressPrinter
 
 
 def _trial(tid, status, **last):

@@ -1,7 +1,6 @@
 """Figures: the matrix heatmap, the best configuration's histograms/ROC (recomputed through the model cache, equal to
 what the trial reported), and Optuna's plots from a study rebuilt from MLflow child runs. No Ray: the trial runs
 in-process through `run_trial` (a real tiny training), the store is real SQLite."""
-import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -48,14 +47,9 @@ def _matrix(result):
     return OODMatrix.from_json(json.loads(result["matrix_json"]))
 
 
-def test_heatmap_is_fast_and_logged_per_trial(trial, tmp_path):
+def test_heatmap_is_logged_per_trial(trial, tmp_path):
     _, _, result, uri, _ = trial
     matrix = _matrix(result)
-    started = time.time()
-    fig = figures.heatmap_figure(matrix)
-    fig.savefig(tmp_path / "h.png")
-    plt.close(fig)
-    assert time.time() - started < 3.0  # ~0.15 s on a 2-core CPU; generous for loaded CI machines
     client = MlflowClient(uri)
     exp = client.create_experiment("heatmap")
     run_id = client.create_run(exp).info.run_id
@@ -110,17 +104,13 @@ def test_sweep_figures_and_optuna_study(trial, tmp_path):
 
     res = SweepResult("figs", parent, uri, "", best_config=config, best_metrics={}, best_matrix=_matrix(result))
     scores = best_scores(config, prep.bench, prep.trial_settings())
-    started = time.time()
     notes = figures.log_sweep_figures(prep, res, client, scores=scores)
-    seconds = time.time() - started
-    assert notes == []
-    names = {a.path for a in client.list_artifacts(parent, "figures")}
+    assert len(notes) == 1 and "importances skipped" in notes[0] and "1 knob" in notes[0]
+    names = {a.path for a in client.list_artifacts(parent, "figures") if a.path.endswith(".png")}
     assert names == {f"figures/{n}.png" for n in ("best_ood_matrix_heatmap", "best_score_histograms", "best_roc_curves",
-                                                  "optuna_history", "optuna_parallel_coordinate",
-                                                  "optuna_param_importances")}
+                                                  "optuna_history", "optuna_parallel_coordinate")}
     for name in names:
         _png(client, parent, name, tmp_path)
-    assert seconds < 6 * 3.0  # six figures, each well under a second on a 2-core CPU
     # Optuna's plots switch to the ggplot style; that must not leak into anyone's later figures
     assert plt.rcParams["axes.facecolor"] == "white" and not plt.get_fignums()
 
@@ -147,3 +137,17 @@ def test_sweep_without_a_finished_trial_gets_notes_not_errors(trial):
     notes = figures.log_sweep_figures(prep, res, client)
     assert any("no finished trial" in n for n in notes)
     assert np.all([a.path != "figures/optuna_history.png" for a in client.list_artifacts(parent, "figures")])
+
+
+def test_importances_are_plotted_for_two_searched_knobs(trial, tmp_path):
+    """A single searched knob has importance 1 by definition (skipped above); two get Optuna's plot."""
+    import optuna
+
+    _, _, _, uri, _ = trial
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("two-knobs")).info.run_id
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("a", 0, 1) - 0.1 * t.suggest_float("b", 0, 1), n_trials=8)
+    notes = figures.log_optuna_figures(client, run_id, study, "val/auroc")
+    assert notes == []
+    _png(client, run_id, "figures/optuna_param_importances.png", tmp_path)
