@@ -216,13 +216,14 @@ def prepare_shared(config: dict[str, Any], bench: Benchmark,
                    settings: TrialSettings) -> tuple[OutputStore, dict[str, Any]]:
     """Train (or load) the network of ``config`` and extract every split's outputs, once, for a whole sweep.
 
-    The sweep runs this as one Ray task before its post-hoc trials and hands them the result through the
-    object store, so those trials never run the network (gradient scorers excepted), with the scorer's sweep work
-    (KNN's neighbour tables: computed once per network and cached). Only the splits the method
-    reads are extracted: the training split only for scorers fitted on it. Outputs larger than ``SHIP_BYTES`` in
-    all are not shipped: trials open them from the cache by path, memory-mapped (the cache must then be visible to
-    every node: a shared ``--cache-dir``). Returns (the OutputStore holding the network and its outputs, the
-    result: cache key, outputs, sweep work, whether this call trained the network).
+    A sweep runs this once before its post-hoc trials (in the driver, an evaluator actor or a Ray task) and hands
+    them the result through the object store, so those trials never run the network (gradient scorers excepted),
+    with the scorer's sweep work (KNN's neighbour tables: computed once per network and cached). Only the splits
+    the method reads are extracted: the training split only for scorers fitted on it. Outputs, or sweep work,
+    larger than ``SHIP_BYTES`` in all are not shipped: trials open them from the cache by path or name,
+    memory-mapped (the cache must then be visible to every node: a shared ``--cache-dir``). Returns (the
+    OutputStore holding the network and its outputs, the result: cache key, outputs, sweep work and its name,
+    whether this call trained the network).
     """
     net = network_for(config, bench, settings)
     method, params, cache, key = net.method, net.params, net.cache, net.key
@@ -233,13 +234,29 @@ def prepare_shared(config: dict[str, Any], bench: Benchmark,
                if name != "id_train" or scorer.needs_fit}
     # Fit here only for scorers that share sweep work (fitting DMR's head or KIRBY's Grad-CAM would be wasted); the
     # work is cached with the network, named by the method and the knob values it was computed with.
-    work = None
+    work = work_name = None
     if scorer.shares_sweep_work:
-        work = cache.work(key, f"{method.name}-{config_key(dict(params))}",
-                          lambda: fit_scorer(scorer, store).sweep_work(store))
+        work_name = f"{method.name}-{config_key(dict(params))}"
+        work = cache.work(key, work_name, lambda: fit_scorer(scorer, store).sweep_work(store))
     if sum(a.nbytes for o in outputs.values() for a in (o.logits, o.features, o.fmap) if a is not None) > SHIP_BYTES:
         outputs = {}  # trials read the cache's memory-mapped files instead (PosthocEvaluator, run_trial)
-    return store, {"key": key, "outputs": outputs, "work": work, "trained": net.trained}
+    if work is not None and sum(a.nbytes for a in work.values()) > SHIP_BYTES:
+        work = None  # likewise: trials read it from the cache by its name (_prepared_for)
+    return store, {"key": key, "outputs": outputs, "work": work, "work_name": work_name, "trained": net.trained}
+
+
+def _prepared_for(shared: dict | None, key: str, cache: ModelCache) -> dict | None:
+    """A sweep's prepared ``shared`` outputs when they are those of network ``key`` (else None), with their sweep
+    work — read from the cache, memory-mapped, when it was too large to ship."""
+    if not shared or shared.get("key") != key:
+        return None
+    if shared.get("work") is None and shared.get("work_name"):
+        work = cache.load_work(key, shared["work_name"])
+        if work is None:
+            raise RuntimeError(f"sweep work {shared['work_name']} of network {key} is not in the model cache at "
+                               f"{cache.root}: every node must see the sweep's --cache-dir (a shared filesystem)")
+        shared = {**shared, "work": work}
+    return shared
 
 
 def prepare_network(config: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict[str, Any]:
@@ -281,7 +298,7 @@ def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
     """
     started = time.time()
     net = network_for(config, bench, settings, report, checkpoint)
-    mine = shared if shared and shared.get("key") == net.key else None  # the sweep's prepared outputs fit this net
+    mine = _prepared_for(shared, net.key, net.cache)  # the sweep's prepared outputs, when they fit this network
     store = store_for(net.model.eval(), bench, net.device, net.cache, net.key, mine)
     result = evaluate(net.method, net.params, store, settings, mine)
     result.update({"model_key": net.key, "trained_model": net.trained, "trial_seconds": time.time() - started})
@@ -337,7 +354,7 @@ def best_scores(config: dict[str, Any], bench: Benchmark, settings: TrialSetting
     sweep's prepared outputs and sweep work (e.g. KNN's neighbour tables), used instead of recomputing.
     """
     net = network_for(config, bench, settings)
-    mine = shared if shared and shared.get("key") == net.key else None  # the sweep's prepared outputs fit this net
+    mine = _prepared_for(shared, net.key, net.cache)  # the sweep's prepared outputs, when they fit this network
     store = store_for(net.model.eval(), bench, net.device, net.cache, net.key, mine)
     return scores_on_test_sets(fitted_scorer(net.method, net.params, store, mine), store)
 
@@ -353,7 +370,8 @@ class PosthocEvaluator:
 
     def __init__(self, bench: Benchmark, settings: TrialSettings, shared: dict[str, Any],
                  store: OutputStore | None = None):
-        self.bench, self.settings, self.shared = bench, settings, shared
+        self.bench, self.settings = bench, settings
+        self.shared = _prepared_for(shared, shared["key"], ModelCache(settings.cache_dir))
         self.method = methods.get(settings.method)
         self._store = store
 

@@ -168,3 +168,36 @@ def test_a_second_knn_preparation_computes_no_neighbour_table(knn_prepared_twice
 def test_a_second_knn_preparation_reads_the_same_neighbour_tables(knn_prepared_twice):
     _, first, second = knn_prepared_twice
     assert {n: a.tolist() for n, a in second["work"].items()} == {n: a.tolist() for n, a in first["work"].items()}
+
+
+@pytest.fixture(scope="module")
+def knn_work_by_name(knn_prepared_twice, tmp_path_factory):
+    """The same preparation with every array over the shipping limit: the work stays in the cache, named."""
+    from orchestrator import trial
+
+    root, shipped, _ = knn_prepared_twice
+    bench = benchmarks.load("digits", smoke=True)
+    settings = TrialSettings("knn", cache_dir=str(root), threads=1)
+    limit, trial.SHIP_BYTES = trial.SHIP_BYTES, 0
+    try:
+        by_name = trial.shared_outputs({"epochs": 1}, bench, settings)
+    finally:
+        trial.SHIP_BYTES = limit
+    config = {"epochs": 1, "k": 5}
+    return (by_name, trial.PosthocEvaluator(bench, settings, shipped)(config),
+            trial.PosthocEvaluator(bench, settings, by_name)(config))
+
+
+def test_sweep_work_over_the_shipping_limit_is_not_shipped(knn_work_by_name):
+    by_name, _, _ = knn_work_by_name
+    assert by_name["work"] is None
+
+
+def test_sweep_work_over_the_shipping_limit_is_named_for_the_evaluators(knn_work_by_name):
+    by_name, _, _ = knn_work_by_name
+    assert by_name["work_name"].startswith("knn-")
+
+
+def test_an_evaluator_reading_the_work_by_name_scores_like_one_it_was_shipped_to(knn_work_by_name):
+    _, shipped, read = knn_work_by_name
+    assert read["matrix_json"] == shipped["matrix_json"]
