@@ -99,16 +99,18 @@ def obtain_model(method: Method, params: Params, bench: Benchmark, settings: Tri
     if user:  # a fine-tuning method starts from the user's network instead of the shared classifier
         spec = {**spec, "base": external_key(settings.model, bench, settings)}
     key = config_key(spec)
+    # A cached network's weights hold its input statistics: they are computed only for one about to be trained.
+    cached = not user and cache.has_model(key)
     if user:
         model = external_model(settings.model, bench, settings)
-    else:  # a cached network's weights hold its input statistics: computed only for one about to be trained
-        model = build_model(method, params, bench, with_stats=not cache.has_model(key))
+    else:
+        model = build_model(method, params, bench, with_stats=not cached)
     if cache.load_model(key, model):
         return model.to(device), key, False
     with cache.lock(key):  # concurrent trials wanting the same network wait here instead of training it too
         if cache.load_model(key, model):
             return model.to(device), key, False
-        if not user:  # trained here: from a fresh network with the training images' statistics
+        if cached:  # its weights were unusable (moved aside): train a fresh network, with the statistics
             model = build_model(method, params, bench)
         started = time.time()
         if method.finetunes and not user:

@@ -201,3 +201,32 @@ def test_sweep_work_over_the_shipping_limit_is_named_for_the_evaluators(knn_work
 def test_an_evaluator_reading_the_work_by_name_scores_like_one_it_was_shipped_to(knn_work_by_name):
     _, shipped, read = knn_work_by_name
     assert read["matrix_json"] == shipped["matrix_json"]
+
+
+@pytest.fixture(scope="module")
+def retrained_after_damage(tmp_path_factory):
+    """A tiny classifier trained into the cache, its weights damaged, then obtained again (trained again)."""
+    from orchestrator.trial import network_for
+
+    root = tmp_path_factory.mktemp("damaged-net")
+    bench = benchmarks.load("digits", smoke=True)
+    settings = TrialSettings("msp", cache_dir=str(root), threads=1)
+    first = network_for({"epochs": 1}, bench, settings)
+    _truncate(root / "models" / first.key / "model.pt")
+    again = network_for({"epochs": 1}, bench, settings)
+    return bench, again, network_for({"epochs": 1}, bench, settings)
+
+
+def test_a_damaged_cached_network_is_trained_again(retrained_after_damage):
+    _, again, _ = retrained_after_damage
+    assert again.trained
+
+
+def test_a_network_trained_again_normalises_with_the_training_images_statistics(retrained_after_damage):
+    bench, again, _ = retrained_after_damage
+    assert again.model.mean.flatten().tolist() == pytest.approx(bench.mean_std()[0])
+
+
+def test_a_network_loaded_from_the_cache_carries_the_statistics_it_was_trained_with(retrained_after_damage):
+    bench, _, loaded = retrained_after_damage
+    assert loaded.model.std.flatten().tolist() == pytest.approx(bench.mean_std()[1])

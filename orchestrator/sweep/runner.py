@@ -227,8 +227,9 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     tags = {"method": method.name, "benchmark": bench.name, "paper": method.paper}
     if method.substitute:
         tags["substitute"] = method.substitute
-    # A post-hoc sweep's evaluators start now and prepare the shared network while MLflow opens the parent run
-    # (unless large splits must be extracted by Ray tasks first: the evaluators would hold their CPUs).
+    # A post-hoc sweep's first evaluator starts now, and the shared network is prepared (by this driver on a
+    # one-node cluster, else by that evaluator) while MLflow opens the parent run — unless large splits must be
+    # extracted by Ray tasks first (the evaluator would hold their CPUs).
     pool = preparing = None
     if prep.batch_size and not extraction.needed(bench):
         pool, preparing = _start_pool(prep)
@@ -385,7 +386,8 @@ def _tuner(prep: Prepared, trainable, run_config):
 
 
 def _start_pool(prep: Prepared):
-    """Start a post-hoc sweep's evaluator actors and their preparation of the shared network: (pool, ObjectRef)."""
+    """Start a post-hoc sweep's first evaluator and the preparation of the shared network: (pool, the preparation
+    that :meth:`~orchestrator.sweep.batched.EvaluatorPool.prepared` waits for)."""
     from orchestrator.sweep import batched
 
     pool = batched.EvaluatorPool(prep)
