@@ -76,10 +76,14 @@ def _write_checksummed(path: Path, write) -> None:
 def _intact(path: Path) -> bool | None:
     """None: no complete entry (no data, or data whose checksum is not written yet: still being written, or its
     writer died); True: the data matches its checksum; False: it does not (damaged)."""
-    check = _checksum_path(path)
-    if not path.is_file() or not check.is_file():
+    if not _written(path):
         return None
-    return check.read_text().strip() == _sha256(path)
+    return _checksum_path(path).read_text().strip() == _sha256(path)
+
+
+def _written(path: Path) -> bool:
+    """Whether ``path`` and its checksum are both written (a complete entry), without hashing the data."""
+    return path.is_file() and _checksum_path(path).is_file()
 
 
 #: Files verified against their checksum in this process, by (path, size, mtime): a post-hoc sweep's workers open
@@ -187,8 +191,7 @@ class ModelCache:
     def has_model(self, key: str) -> bool:
         """Whether a complete entry is there (weights and their checksum written), without hashing the weights:
         :meth:`load_model` verifies them (a damaged entry is moved aside there and trained again)."""
-        path = self._dir(key) / "model.pt"
-        return path.is_file() and _checksum_path(path).is_file()
+        return _written(self._dir(key) / "model.pt")
 
     def load_model(self, key: str, model) -> bool:
         """Load the cached weights into ``model``; False when there is no complete, intact entry (a damaged one is
@@ -291,8 +294,7 @@ class ModelCache:
     def has_outputs(self, key: str, split: str, with_fmap: bool) -> bool:
         """Whether a complete entry is there (its manifest and the manifest's checksum are written), without
         hashing its arrays: they are verified when the entry is loaded (a damaged one is extracted again then)."""
-        manifest = self._outputs_dir(key, split, with_fmap) / MANIFEST
-        return manifest.is_file() and _checksum_path(manifest).is_file()
+        return _written(self._outputs_dir(key, split, with_fmap) / MANIFEST)
 
     def save_outputs(self, key: str, split: str, with_fmap: bool, out: Outputs) -> None:
         """One ``.npy`` per array (each checksummed), then the manifest naming them."""

@@ -300,11 +300,17 @@ def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
     """
     started = time.time()
     net = network_for(config, bench, settings, report, checkpoint)
-    mine = _prepared_for(shared, net.key, net.cache)  # the sweep's prepared outputs, when they fit this network
-    store = store_for(net.model.eval(), bench, net.device, net.cache, net.key, mine)
+    mine, store = _opened(net, bench, shared)
     result = evaluate(net.method, net.params, store, settings, mine)
     result.update({"model_key": net.key, "trained_model": net.trained, "trial_seconds": time.time() - started})
     return result
+
+
+def _opened(net: Network, bench: Benchmark, shared: dict | None) -> tuple[dict | None, OutputStore]:
+    """(the sweep's prepared ``shared`` outputs when they fit ``net``, else None; the OutputStore of ``net``
+    reading them first)."""
+    mine = _prepared_for(shared, net.key, net.cache)
+    return mine, store_for(net.model.eval(), bench, net.device, net.cache, net.key, mine)
 
 
 def store_for(model, bench: Benchmark, device, cache: ModelCache, key: str, shared: dict | None = None) -> OutputStore:
@@ -356,8 +362,7 @@ def best_scores(config: dict[str, Any], bench: Benchmark, settings: TrialSetting
     sweep's prepared outputs and sweep work (e.g. KNN's neighbour tables), used instead of recomputing.
     """
     net = network_for(config, bench, settings)
-    mine = _prepared_for(shared, net.key, net.cache)  # the sweep's prepared outputs, when they fit this network
-    store = store_for(net.model.eval(), bench, net.device, net.cache, net.key, mine)
+    mine, store = _opened(net, bench, shared)
     return scores_on_test_sets(fitted_scorer(net.method, net.params, store, mine), store)
 
 

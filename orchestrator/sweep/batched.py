@@ -160,34 +160,26 @@ class EvaluatorPool:
         if isinstance(preparing, DriverPreparation):
             done = preparing.result()
             self.shared = ray.put(done)  # one copy in the object store; the evaluators read it zero-copy
-            self._hold_first(retries)
+            hold = lambda actor: actor.hold.remote([self.shared])  # noqa: E731
+            self._on_first(hold(self.actors[0]), hold, retries)  # the first actor, started meanwhile, holds it
             return done
-        for attempt in range(retries + 1):
-            try:
-                done = ray.get(preparing)
-                break
-            except ray.exceptions.RayActorError:
-                if attempt == retries:
-                    raise
-                ray.kill(self.actors[0])
-                self.actors[0] = self._start()
-                preparing = self.actors[0].prepare.remote(dict(config))
-        self.shared = preparing
+        done, self.shared = self._on_first(preparing, lambda actor: actor.prepare.remote(dict(config)), retries)
         return done
 
-    def _hold_first(self, retries: int) -> None:
-        """The first actor (started while this process prepared) holds the prepared outputs."""
+    def _on_first(self, ref, call, retries: int):
+        """(``ray.get(ref)``, ``ref``) of a call ``ref`` on the first actor; when that actor is lost it is replaced
+        and ``call(new actor)`` repeated, up to ``retries`` times (the last loss is raised)."""
         import ray
 
         for attempt in range(retries + 1):
             try:
-                ray.get(self.actors[0].hold.remote([self.shared]))
-                return
+                return ray.get(ref), ref
             except ray.exceptions.RayActorError:
                 if attempt == retries:
                     raise
                 ray.kill(self.actors[0])
                 self.actors[0] = self._start()
+                ref = call(self.actors[0])
 
     def _holding(self):
         """A new actor told to hold the prepared outputs: (actor, ObjectRef ready once it holds them)."""
