@@ -66,6 +66,13 @@ class Scorer:
         """True when this instance needs :attr:`Outputs.fmap` (see :class:`FeatureMapScorer`)."""
         return False
 
+    @property
+    def reads_network(self) -> bool:
+        """True when :meth:`fit` or scoring uses the network itself, not only its outputs: gradient scorers, scorers
+        fitted on training images, and any subclass that reads the model's weights (ViM) — which then overrides
+        this. A post-hoc evaluator loads the network (and PyTorch) only for such scorers."""
+        return self.uses_input_gradients or self.needs_train_images
+
     def score(self, outputs: Outputs) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} does not score cached outputs")
 

@@ -47,6 +47,10 @@ class VimScorer(FeatureScorer):
         self.alpha_: float | None = None
         self.dim_: int | None = None  # D actually used
 
+    @property
+    def reads_network(self) -> bool:
+        return self.weight is None  # W and b come from the model's last layer
+
     def _linear_layer(self, model):
         if self.weight is not None:
             return self.weight, self.bias

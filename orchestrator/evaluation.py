@@ -1,81 +1,31 @@
-"""Evaluation: run a model over benchmark splits once, score them, build the val metrics and the matrix.
+"""Evaluation: score a network's outputs on the benchmark splits, build the val metrics and the test matrix.
 
-Outputs (logits, h, optional feature map) are extracted once per (model, split) and kept by an
-:class:`OutputStore`, which the cache persists to disk so that every post-hoc trial on the same model
-reads them instead of re-running the network. Gradient scorers (ODIN...) get the images instead.
+Outputs (logits, h, optional feature map) are extracted once per (model, split) (:mod:`orchestrator.forward`)
+and kept by an :class:`OutputStore`, which the cache persists to disk so that every post-hoc trial on the same
+model reads them instead of re-running the network. Gradient scorers (ODIN...) get the images instead.
+Everything here works on NumPy arrays: PyTorch is imported only to extract outputs or to run a gradient scorer.
 """
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-import torch
 
-from methods.base import Outputs, Scorer
-from orchestrator.data.base import Benchmark, Split
-from orchestrator.data.lazy import ImageFiles
+from methods.base import Method, Outputs, Scorer
+from orchestrator.cache import ModelCache
+from orchestrator.data.base import Benchmark
+from orchestrator.knobs import Params
 from orchestrator.metrics import OODMatrix, ood_matrix, ood_metrics
-from orchestrator.training import to_float
-
-#: Images per forward pass when extracting: small batches stay in the CPU caches (measured fastest on 2 cores);
-#: a GPU wants large ones.
-EVAL_BATCH = {"cpu": 128, "cuda": 1024}
-
-
-@torch.no_grad()
-def extract(model, split: Split, device, with_fmap: bool = False, batch_size: int | None = None) -> Outputs:
-    """Logits, penultimate features (and the last feature map) of every image of ``split``."""
-    model.eval()
-    batch_size = batch_size or EVAL_BATCH.get(torch.device(device).type, 256)
-    logits, feats, fmaps = [], [], []
-    for batch in _batches(split, batch_size):
-        z, h, fmap = model.forward_all(to_float(batch, device))
-        logits.append(z.float().cpu().numpy())
-        feats.append(h.float().cpu().numpy())
-        if with_fmap:
-            if fmap is None:
-                raise ValueError("this scorer reads the last feature map, but the model gives none: adapt it with "
-                                 "feature_map=<layer name> (orchestrator.models.protocol.adapt)")
-            fmaps.append(fmap.float().contiguous().cpu().numpy())
-    return Outputs(np.concatenate(logits), np.concatenate(feats), split.y,
-                   np.concatenate(fmaps) if with_fmap else None)
-
-
-#: DataLoader worker processes decoding a streamed split's images while the network runs.
-STREAM_WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-class _Slices(torch.utils.data.Dataset):
-    """Batch i of a split's images (what a DataLoader worker decodes)."""
-
-    def __init__(self, x, batch_size: int):
-        self.x, self.batch_size = x, batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
-
-    def __getitem__(self, i: int):
-        return self.x[i * self.batch_size:(i + 1) * self.batch_size]
-
-
-def _batches(split: Split, batch_size: int):
-    """The split's images batch by batch: slices of the array, or, for images on disk, decoded by DataLoader
-    workers ahead of the network."""
-    if not isinstance(split.x, ImageFiles):
-        for start in range(0, len(split), batch_size):
-            yield split.x[start:start + batch_size]
-        return
-    loader = torch.utils.data.DataLoader(_Slices(split.x, batch_size), batch_size=None, shuffle=False,
-                                         num_workers=STREAM_WORKERS, prefetch_factor=2, persistent_workers=False)
-    yield from loader
 
 
 class OutputStore:
     """Outputs per split name, extracted on first use.
 
     ``persist(name, with_fmap, compute)`` — e.g. :meth:`orchestrator.cache.ModelCache.outputs` — may return
-    a stored copy instead of calling ``compute``; without it outputs live in memory only.
+    a stored copy instead of calling ``compute``; without it outputs live in memory only. ``model`` may be None
+    when every output asked for is stored (a post-hoc evaluator that never loads the network).
     """
 
     def __init__(self, model, bench: Benchmark, device, persist: Callable | None = None):
@@ -86,6 +36,11 @@ class OutputStore:
         self.extracted = 0  # how many splits this store ran the network on (tests and benchmarks count it)
 
     def _compute(self, name: str, with_fmap: bool) -> Outputs:
+        if self.model is None:
+            raise RuntimeError(f"the outputs of {name} are neither prepared nor in the model cache, and this store "
+                               f"holds no network to extract them with")
+        from orchestrator.forward import extract
+
         self.extracted += 1
         return extract(self.model, self._splits[name], self.device, with_fmap)
 
@@ -100,6 +55,8 @@ class OutputStore:
 def score_split(scorer: Scorer, store: OutputStore, name: str, batch_size: int = 256) -> np.ndarray:
     """ID-ness scores of one split, from cached outputs or, for gradient scorers, from the images."""
     if scorer.uses_input_gradients:
+        from orchestrator.training import to_float
+
         split = store.bench.splits()[name]
         store.model.eval()
         parts = [scorer.score_inputs(store.model, to_float(split.x[s:s + batch_size], store.device))
@@ -147,3 +104,60 @@ def test_matrix(scorer: Scorer, store: OutputStore, convention: str = "classic")
     near = {n: score_split(scorer, store, f"near/{n}") for n in store.bench.near}
     far = {n: score_split(scorer, store, f"far/{n}") for n in store.bench.far}
     return ood_matrix(s_id, near, far, accuracy(store, "id_test"), convention)
+
+
+# ------------------------------------------------------------------------------ one configuration on one network
+def prepared_for(shared: dict | None, key: str, cache: ModelCache) -> dict | None:
+    """A sweep's prepared ``shared`` outputs (:func:`orchestrator.trial.prepare_shared`) when they are those of
+    network ``key`` (else None), with their sweep work — read from the cache, memory-mapped, when it was too large
+    to ship."""
+    if not shared or shared.get("key") != key:
+        return None
+    if shared.get("work") is None and shared.get("work_name"):
+        work = cache.load_work(key, shared["work_name"])
+        if work is None:
+            raise RuntimeError(f"sweep work {shared['work_name']} of network {key} is not in the model cache at "
+                               f"{cache.root}: every node must see the sweep's --cache-dir (a shared filesystem)")
+        shared = {**shared, "work": work}
+    return shared
+
+
+def store_for(model, bench: Benchmark, device, cache: ModelCache, key: str, shared: dict | None = None) -> OutputStore:
+    """An OutputStore of ``model`` (cache key ``key``; None: outputs are read, never extracted) whose outputs come
+    from ``shared`` — a sweep's prepared outputs of this network — where it holds them, else from the cache
+    (extracted once)."""
+    known = shared["outputs"] if shared else {}
+
+    def persist(name: str, with_fmap: bool, compute):
+        return known.get((name, with_fmap)) or cache.outputs(key, name, with_fmap, compute)
+
+    return OutputStore(model, bench, device, persist=persist)
+
+
+def fitted_scorer(method: Method, params: Params, store: OutputStore, shared: dict | None = None) -> Scorer:
+    """The scorer of ``params`` fitted on ``store``, adopting the sweep work in ``shared`` (e.g. KNN's tables)."""
+    scorer = fit_scorer(method.scorer(params), store)
+    if shared and shared.get("work") is not None:
+        scorer.adopt(shared["work"])
+    return scorer
+
+
+def evaluate(method: Method, params: Params, store: OutputStore, convention: str = "classic",
+             shared: dict | None = None) -> dict[str, Any]:
+    """Fit the scorer of ``params`` on ``store``'s network, validate, and evaluate the test matrix."""
+    scorer = fitted_scorer(method, params, store, shared)
+    result = validate(scorer, store, convention)
+    matrix = test_matrix(scorer, store, convention)
+    result.update(matrix.flat())
+    result.update({"matrix_json": json.dumps(matrix.to_json()), "epoch": int(params["epochs"]), "final": True})
+    return result
+
+
+def scores_on_test_sets(scorer: Scorer, store: OutputStore) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
+    """ID-test scores and {OOD test set: (group, scores)} of a fitted scorer: what the best configuration's
+    histograms and ROC curves draw."""
+    bench = store.bench
+    s_id = score_split(scorer, store, "id_test")
+    ood = {name: (group, score_split(scorer, store, f"{group}/{name}"))
+           for group, sets in (("near", bench.near), ("far", bench.far)) for name in sets}
+    return s_id, ood

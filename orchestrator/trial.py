@@ -11,11 +11,10 @@ network knobs.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,11 +25,22 @@ from methods.base import Method
 from orchestrator.cache import ModelCache, config_key
 from orchestrator.data.base import Benchmark, Split
 from orchestrator.data.lazy import select
-from orchestrator.evaluation import OutputStore, extract, fit_scorer, score_split, test_matrix, validate
+from orchestrator.evaluation import (
+    OutputStore,
+    evaluate,
+    fit_scorer,
+    fitted_scorer,
+    prepared_for,
+    scores_on_test_sets,
+    store_for,
+    validate,
+)
+from orchestrator.forward import extract
 from orchestrator.knobs import Params
 from orchestrator.models import external
 from orchestrator.models.backbones import build_classifier
 from orchestrator.recipe import RECIPE_KNOBS
+from orchestrator.settings import TrialSettings, seed_everything, trial_params
 from orchestrator.training import ModelProvider, Trainer, pick_device
 
 #: Prepared outputs up to this size travel to a sweep's trials through Ray's object store; larger ones are opened
@@ -45,25 +55,6 @@ class CrossEntropyClassifier(Method):
     method: it has no scorer). Its knobs are the recipe's."""
 
     name = "cross_entropy"
-
-
-@dataclass
-class TrialSettings:
-    """What every trial of a sweep shares (passed once through Ray's object store with the benchmark)."""
-
-    method: str
-    seed: int = 0
-    cache_dir: str | None = None
-    convention: str = "classic"
-    threads: int = 1
-    data_fingerprint: str = ""
-    #: A user's network (``--model``): the fields of :class:`orchestrator.models.external.ModelSpec`; None: the
-    #: network is trained here.
-    model: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain values (what travels to Ray workers and back into ``TrialSettings(**d)``)."""
-        return asdict(self)
 
 
 def training_spec(method: Method, params: Params, bench: Benchmark, settings: TrialSettings) -> dict:
@@ -175,11 +166,6 @@ def build_model(method: Method, params: Params, bench: Benchmark, with_stats: bo
     return build_classifier(params["backbone"], c, h, bench.num_classes, mean, std, head=method.head, sigma=sigma)
 
 
-def trial_params(method: Method, config: Mapping[str, Any], bench: Benchmark) -> Params:
-    """``config`` over the benchmark's recipe, checked against the method's declared knobs."""
-    return method.resolve(config, bench.recipe)
-
-
 def _save_checkpoint(folder: str, model, trainer: Trainer, epoch: int) -> None:
     torch.save({"model": model.state_dict(), "trainer": trainer.state_dict(), "epoch": epoch},
                os.path.join(folder, "state.pt"))
@@ -243,22 +229,8 @@ def prepare_shared(config: dict[str, Any], bench: Benchmark,
     if sum(a.nbytes for o in outputs.values() for a in (o.logits, o.features, o.fmap) if a is not None) > SHIP_BYTES:
         outputs = {}  # trials read the cache's memory-mapped files instead (PosthocEvaluator, run_trial)
     if work is not None and sum(a.nbytes for a in work.values()) > SHIP_BYTES:
-        work = None  # likewise: trials read it from the cache by its name (_prepared_for)
+        work = None  # likewise: trials read it from the cache by its name (evaluation.prepared_for)
     return store, {"key": key, "outputs": outputs, "work": work, "work_name": work_name, "trained": net.trained}
-
-
-def _prepared_for(shared: dict | None, key: str, cache: ModelCache) -> dict | None:
-    """A sweep's prepared ``shared`` outputs when they are those of network ``key`` (else None), with their sweep
-    work — read from the cache, memory-mapped, when it was too large to ship."""
-    if not shared or shared.get("key") != key:
-        return None
-    if shared.get("work") is None and shared.get("work_name"):
-        work = cache.load_work(key, shared["work_name"])
-        if work is None:
-            raise RuntimeError(f"sweep work {shared['work_name']} of network {key} is not in the model cache at "
-                               f"{cache.root}: every node must see the sweep's --cache-dir (a shared filesystem)")
-        shared = {**shared, "work": work}
-    return shared
 
 
 def prepare_network(config: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict[str, Any]:
@@ -284,13 +256,6 @@ def extract_shard(config: dict[str, Any], bench: Benchmark, settings: TrialSetti
     return name
 
 
-def seed_everything(settings: TrialSettings) -> None:
-    """Threads and seeds of this process for one trial (torch and NumPy's global generator)."""
-    torch.set_num_threads(max(1, int(settings.threads)))
-    torch.manual_seed(settings.seed)
-    np.random.seed(settings.seed)
-
-
 def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
               report: Callable | None = None, checkpoint=None, shared: dict | None = None) -> dict[str, Any]:
     """Train or reuse the network, then validate and evaluate; returns the final result.
@@ -301,7 +266,7 @@ def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
     started = time.time()
     net = network_for(config, bench, settings, report, checkpoint)
     mine, store = _opened(net, bench, shared)
-    result = evaluate(net.method, net.params, store, settings, mine)
+    result = evaluate(net.method, net.params, store, settings.convention, mine)
     result.update({"model_key": net.key, "trained_model": net.trained, "trial_seconds": time.time() - started})
     return result
 
@@ -309,48 +274,8 @@ def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
 def _opened(net: Network, bench: Benchmark, shared: dict | None) -> tuple[dict | None, OutputStore]:
     """(the sweep's prepared ``shared`` outputs when they fit ``net``, else None; the OutputStore of ``net``
     reading them first)."""
-    mine = _prepared_for(shared, net.key, net.cache)
+    mine = prepared_for(shared, net.key, net.cache)
     return mine, store_for(net.model.eval(), bench, net.device, net.cache, net.key, mine)
-
-
-def store_for(model, bench: Benchmark, device, cache: ModelCache, key: str, shared: dict | None = None) -> OutputStore:
-    """An OutputStore of ``model`` (cache key ``key``) whose outputs come from ``shared`` — a sweep's prepared
-    outputs of this network (:func:`shared_outputs`) — where it holds them, else from the cache (extracted once)."""
-    known = shared["outputs"] if shared else {}
-
-    def persist(name: str, with_fmap: bool, compute):
-        return known.get((name, with_fmap)) or cache.outputs(key, name, with_fmap, compute)
-
-    return OutputStore(model, bench, device, persist=persist)
-
-
-def fitted_scorer(method: Method, params: Params, store: OutputStore, shared: dict | None = None):
-    """The scorer of ``params`` fitted on ``store``, adopting the sweep work in ``shared`` (e.g. KNN's tables)."""
-    scorer = fit_scorer(method.scorer(params), store)
-    if shared and shared.get("work") is not None:
-        scorer.adopt(shared["work"])
-    return scorer
-
-
-def evaluate(method: Method, params: Params, store: OutputStore, settings: TrialSettings,
-             shared: dict | None = None) -> dict[str, Any]:
-    """Fit the scorer of ``params`` on ``store``'s network, validate, and evaluate the test matrix."""
-    scorer = fitted_scorer(method, params, store, shared)
-    result = validate(scorer, store, settings.convention)
-    matrix = test_matrix(scorer, store, settings.convention)
-    result.update(matrix.flat())
-    result.update({"matrix_json": json.dumps(matrix.to_json()), "epoch": int(params["epochs"]), "final": True})
-    return result
-
-
-def scores_on_test_sets(scorer, store: OutputStore) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
-    """ID-test scores and {OOD test set: (group, scores)} of a fitted scorer: what the best configuration's
-    histograms and ROC curves draw."""
-    bench = store.bench
-    s_id = score_split(scorer, store, "id_test")
-    ood = {name: (group, score_split(scorer, store, f"{group}/{name}"))
-           for group, sets in (("near", bench.near), ("far", bench.far)) for name in sets}
-    return s_id, ood
 
 
 def best_scores(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,
@@ -364,46 +289,3 @@ def best_scores(config: dict[str, Any], bench: Benchmark, settings: TrialSetting
     net = network_for(config, bench, settings)
     mine, store = _opened(net, bench, shared)
     return scores_on_test_sets(fitted_scorer(net.method, net.params, store, mine), store)
-
-
-class PosthocEvaluator:
-    """Evaluates many post-hoc configurations of one method on one network, which it loads once.
-
-    A post-hoc search whose knobs never change the network runs its configurations through one of these per
-    worker (see :mod:`orchestrator.sweep.batched`): loading the model and opening its outputs once instead of per
-    trial is most of what a post-hoc trial cost besides scoring. ``shared`` is :func:`shared_outputs`' result;
-    ``store``: the OutputStore that prepared it, when this process did (:func:`prepare_shared`).
-    """
-
-    def __init__(self, bench: Benchmark, settings: TrialSettings, shared: dict[str, Any],
-                 store: OutputStore | None = None):
-        self.bench, self.settings = bench, settings
-        self.shared = _prepared_for(shared, shared["key"], ModelCache(settings.cache_dir))
-        self.method = methods.get(settings.method)
-        self._store = store
-
-    def _open(self, params: Params) -> OutputStore:
-        if self._store is None:
-            cache = ModelCache(self.settings.cache_dir)
-            model, key, _ = obtain_model(self.method, params, self.bench, self.settings, pick_device(), cache)
-            if key != self.shared["key"]:
-                raise RuntimeError(f"configuration needs network {key}, but this evaluator holds "
-                                   f"{self.shared['key']}: a searched knob changes the network")
-            self._store = store_for(model.eval(), self.bench, pick_device(), cache, key, self.shared)
-        return self._store
-
-    def __call__(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        started = time.time()
-        seed_everything(self.settings)
-        params = trial_params(self.method, config, self.bench)
-        result = evaluate(self.method, params, self._open(params), self.settings, self.shared)
-        result.update({"model_key": self.shared["key"], "trained_model": False,
-                       "trial_seconds": time.time() - started})
-        return result
-
-    def scores(self, config: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
-        """:func:`scores_on_test_sets` of ``config`` (the sweep's figures of its best configuration)."""
-        seed_everything(self.settings)
-        params = trial_params(self.method, config, self.bench)
-        store = self._open(params)
-        return scores_on_test_sets(fitted_scorer(self.method, params, store, self.shared), store)

@@ -36,7 +36,7 @@ def one_off_knn_work(bench, cache_dir: str) -> tuple[float, float]:
     process with 2 threads: the training split's features, and the 1,024-nearest-neighbour tables of every
     evaluation split (exact faiss search, as the sweep's preparation)."""
     from methods.knn import MEMO_WIDTH, flat_l2_index, l2_normalise
-    from orchestrator.evaluation import extract
+    from orchestrator.forward import extract
     from orchestrator.trial import network_for
 
     settings = TrialSettings("knn", cache_dir=cache_dir, threads=2, data_fingerprint=bench.fingerprint())

@@ -161,7 +161,7 @@ def evaluation(device: str = "cpu") -> None:
     model = build_classifier("small_cnn", 1, 28, 6, [0.28], [0.35]).to(device).eval()
     split_bench = dataclasses.replace(bench, id_train=benchmarks.Split(x, bench.id_train.y[:20000]))
 
-    from orchestrator.evaluation import EVAL_BATCH
+    from orchestrator.forward import EVAL_BATCH
     from orchestrator.training import to_float
 
     batch = EVAL_BATCH.get(device, 256)
@@ -264,7 +264,7 @@ def gpu() -> None:
     torch.cuda.synchronize()
     t_epoch = time.perf_counter() - t0
     from orchestrator.data.base import Split
-    from orchestrator.evaluation import extract
+    from orchestrator.forward import extract
 
     t0 = time.perf_counter()
     extract(model, Split(x[:10_000], y[:10_000]), "cuda")

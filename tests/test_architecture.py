@@ -39,9 +39,11 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("networks and training", ["orchestrator.models.*", "orchestrator.training"]),
     ("OOD methods", ["methods", "methods.*"]),
     # The cache stores networks and the Outputs (methods.base) scorers read, so it sits above the methods.
-    ("evaluation of a method on a benchmark; the cache of networks and outputs",
-     ["orchestrator.evaluation", "orchestrator.cache"]),
+    ("evaluation of a method on a benchmark (extraction, scoring); the cache of networks and outputs; what a "
+     "trial is given",
+     ["orchestrator.evaluation", "orchestrator.forward", "orchestrator.cache", "orchestrator.settings"]),
     ("one trial: train/fit, score, evaluate", ["orchestrator.trial"]),
+    ("many post-hoc configurations on one prepared network", ["orchestrator.posthoc"]),
     ("MLflow tracking, figures, report", ["orchestrator.tracking", "orchestrator.tracking.*"]),
     ("search spaces", ["orchestrator.search_space"]),
     ("the Ray Tune/Optuna sweep", ["orchestrator.sweep", "orchestrator.sweep.*"]),

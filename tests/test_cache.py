@@ -174,6 +174,7 @@ def test_a_second_knn_preparation_reads_the_same_neighbour_tables(knn_prepared_t
 def knn_work_by_name(knn_prepared_twice, tmp_path_factory):
     """The same preparation with every array over the shipping limit: the work stays in the cache, named."""
     from orchestrator import trial
+    from orchestrator.posthoc import PosthocEvaluator
 
     root, shipped, _ = knn_prepared_twice
     bench = benchmarks.load("digits", smoke=True)
@@ -184,8 +185,8 @@ def knn_work_by_name(knn_prepared_twice, tmp_path_factory):
     finally:
         trial.SHIP_BYTES = limit
     config = {"epochs": 1, "k": 5}
-    return (by_name, trial.PosthocEvaluator(bench, settings, shipped)(config),
-            trial.PosthocEvaluator(bench, settings, by_name)(config))
+    return (by_name, PosthocEvaluator(bench, settings, shipped)(config),
+            PosthocEvaluator(bench, settings, by_name)(config))
 
 
 def test_sweep_work_over_the_shipping_limit_is_not_shipped(knn_work_by_name):

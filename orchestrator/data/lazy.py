@@ -5,7 +5,7 @@
 ``dtype``, indexing by an int, a slice or an index array returns decoded images — so extraction, scoring and
 training read it unchanged, one batch at a time; :meth:`ImageFiles.subset` selects files without decoding them
 (splits carved from a folder, ``--smoke-test`` subsets). Extraction reads streamed splits with ``DataLoader``
-workers (:func:`orchestrator.evaluation.extract`). What identifies the data (the feature cache key) is the files'
+workers (:func:`orchestrator.forward.extract`). What identifies the data (the feature cache key) is the files'
 paths, sizes and modification times, not their pixels, so opening a benchmark decodes nothing.
 """
 from __future__ import annotations

@@ -66,12 +66,13 @@ class Outcomes(list):
 
 class Evaluator:
     """Ray actor: prepares the sweep's shared network and outputs (the pool's first actor) or holds the prepared
-    ones (the others), then scores batches of configurations with a :class:`orchestrator.trial.PosthocEvaluator`."""
+    ones (the others), then scores batches of configurations with a :class:`orchestrator.posthoc.PosthocEvaluator`.
+    An actor that only holds outputs imports no PyTorch unless its scorer reads the network."""
 
     def __init__(self, refs: list, settings: dict[str, Any]):
         import ray
 
-        from orchestrator.trial import TrialSettings
+        from orchestrator.settings import TrialSettings
 
         # The benchmark comes as a reference inside a list, fetched here: Ray then does not count it as a
         # constructor argument it must keep to restart the actor (the driver keeps it alive).
@@ -86,7 +87,8 @@ class Evaluator:
 
         import ray
 
-        from orchestrator.trial import PosthocEvaluator, prepare_shared
+        from orchestrator.posthoc import PosthocEvaluator
+        from orchestrator.trial import prepare_shared
 
         node = ray.get_runtime_context().get_node_id()
         cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == node), 0)
@@ -99,13 +101,13 @@ class Evaluator:
         """Score with the outputs another evaluator prepared (``[ObjectRef]``: read from the object store)."""
         import ray
 
-        from orchestrator.trial import PosthocEvaluator
+        from orchestrator.posthoc import PosthocEvaluator
 
         (shared,) = ray.get(refs)
         self.evaluate = PosthocEvaluator(self.bench, self.settings, shared)
 
     def scores(self, config: dict[str, Any]):
-        """The test sets' scores of ``config`` (:meth:`orchestrator.trial.PosthocEvaluator.scores`)."""
+        """The test sets' scores of ``config`` (:meth:`orchestrator.posthoc.PosthocEvaluator.scores`)."""
         return self.evaluate.scores(config)
 
     def run(self, configs: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, str | None]]:

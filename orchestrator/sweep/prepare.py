@@ -18,10 +18,10 @@ from orchestrator.errors import UsageError
 from orchestrator.knobs import KnobError
 from orchestrator.metrics import CONVENTIONS
 from orchestrator.registry import UnknownEntry
+from orchestrator.settings import TrialSettings
 from orchestrator.sweep import state, study
 from orchestrator.sweep.batched import BATCH_SIZE
 from orchestrator.tracking import runs
-from orchestrator.trial import TrialSettings
 
 SMOKE_BUDGET = {"num_samples": 2, "max_concurrent": 2, "epochs": 1}
 #: Longest sweep name: it names a results folder, MLflow runs and Tune's trial folders below it.

@@ -6,7 +6,7 @@ import torch
 
 from orchestrator.data.custom import load_custom
 from orchestrator.data.lazy import ImageFiles
-from orchestrator.evaluation import extract
+from orchestrator.forward import extract
 from tests.folder_images import folder_benchmark
 
 

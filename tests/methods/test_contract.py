@@ -106,3 +106,20 @@ def test_scorer_ranks_id_above_ood_on_an_easy_case(name, trained_store):
     auroc = ood_metrics(score_split(scorer, trained_store, "id_test"),
                         score_split(scorer, trained_store, "near/even-digits"))["auroc"]
     assert auroc > 0.5
+
+
+def _reads_outputs_only(name: str) -> bool:
+    method = methods.get(name)
+    return not method.scorer(method.resolve(_smoke_config(name))).reads_network
+
+
+@pytest.mark.parametrize("name", [n for n in POST_HOC if _reads_outputs_only(n)])
+def test_a_scorer_that_does_not_read_the_network_scores_without_it(name, trained_store):
+    # A batched sweep's evaluator gives such a scorer no network (it never loads PyTorch): declaring
+    # reads_network False is a promise that fit and score need the outputs alone.
+    outputs_only = OutputStore(None, trained_store.bench, None,
+                               persist=lambda split, fmap, compute: trained_store.get(split, fmap))
+    method = methods.get(name)
+    scorer = fit_scorer(method.scorer(method.resolve(_smoke_config(name))), outputs_only)
+    scores = score_split(scorer, outputs_only, "near/even-digits")
+    assert scores.shape == (len(trained_store.bench.near["even-digits"]),)

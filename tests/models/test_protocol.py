@@ -6,7 +6,7 @@ import torchvision
 
 from methods.vim import VimScorer
 from orchestrator.data.base import Split
-from orchestrator.evaluation import extract
+from orchestrator.forward import extract
 from orchestrator.models.backbones import build_classifier
 from orchestrator.models.protocol import OODClassifier, adapt
 
