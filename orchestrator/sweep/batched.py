@@ -28,7 +28,9 @@ BATCH_SIZE = 4
 #: How often the loop looks at the signals while batches run.
 POLL_SECONDS = 0.5
 #: About what one more evaluator costs to start: a Ray worker, the PyTorch import and the prepared outputs from
-#: the object store (1.5-2.5 s measured on 2 cores, ``scripts/posthoc_sweep_speed.py``). The pool grows beyond the
+#: the object store (1.5-2.5 s measured on 2 cores, ``scripts/posthoc_sweep_speed.py``; an evaluator whose scorer
+#: reads outputs only imports no PyTorch and is constructed in ~0.4 s, but such sweeps rarely need a second
+#: one: their configurations take milliseconds). The pool grows beyond the
 #: preparing evaluator only while the configurations left would keep the present evaluators busy longer than this:
 #: a sweep of millisecond configurations (knn, energy) is over before another evaluator could start, and starting
 #: it anyway would take CPU from the driver's figures and MLflow writes.
@@ -106,9 +108,26 @@ class Evaluator:
         (shared,) = ray.get(refs)
         self.evaluate = PosthocEvaluator(self.bench, self.settings, shared)
 
-    def scores(self, config: dict[str, Any]):
-        """The test sets' scores of ``config`` (:meth:`orchestrator.posthoc.PosthocEvaluator.scores`)."""
-        return self.evaluate.scores(config)
+    def warm_figures(self) -> None:
+        """Import the figures' libraries (matplotlib: ~0.4 s) on a thread, while this actor scores, so that
+        :meth:`score_figures` only draws."""
+        import threading
+
+        def load():
+            try:
+                import orchestrator.tracking.figures  # noqa: F401
+            except Exception:  # noqa: BLE001, S110 - score_figures imports it again and reports a failure
+                pass
+
+        threading.Thread(target=load, name="oodsweep-figure-imports", daemon=True).start()
+
+    def score_figures(self, config: dict[str, Any], what: str) -> dict[str, bytes]:
+        """The score histograms and ROC curves of ``config`` as PNGs
+        (:func:`orchestrator.tracking.figures.score_figure_pngs`): drawn here, where the scores are, while the
+        driver draws the sweep's other figures."""
+        from orchestrator.tracking.figures import score_figure_pngs
+
+        return score_figure_pngs(*self.evaluate.scores(config), what)
 
     def run(self, configs: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, str | None]]:
         out = []
@@ -123,8 +142,8 @@ class Evaluator:
 class EvaluatorPool:
     """A post-hoc sweep's evaluator actors and the network they share.
 
-    The first actor starts at once (it imports PyTorch and loads the benchmark while the driver opens its MLflow
-    runs). On a cluster of several nodes it prepares the network and its outputs inside its own process
+    The first actor starts at once (it loads the benchmark, and PyTorch when its scorer reads the network, while
+    the driver opens its MLflow runs). On a cluster of several nodes it prepares the network and its outputs inside its own process
     (:meth:`Evaluator.prepare`) with every CPU of its node, and keeps them; when the cluster is this machine alone,
     the driver prepares them meanwhile (:class:`DriverPreparation`) and the first actor holds the result. The
     others start once that is done (:meth:`grow`: they would only compete for CPUs), and only when the sweep's pace
@@ -214,12 +233,14 @@ class EvaluatorPool:
         ray.kill(actor)
         return new
 
-    def scores(self, config: dict[str, Any]):
-        """The test sets' scores of ``config``, computed by the actor that prepared the outputs (it holds the
-        network, the outputs and the sweep work: nothing is loaded again)."""
-        import ray
+    def warm_figures(self) -> None:
+        """Let the first actor import the figures' libraries while it scores (it draws the score figures)."""
+        self.actors[0].warm_figures.remote()
 
-        return ray.get(self.actors[0].scores.remote(config))
+    def score_figures(self, config: dict[str, Any], what: str):
+        """ObjectRef of the score histograms and ROC curves of ``config`` as PNGs, drawn by the first actor (it
+        holds the outputs and the sweep work: nothing is loaded again)."""
+        return self.actors[0].score_figures.remote(config, what)
 
     def close(self) -> None:
         import ray

@@ -254,6 +254,8 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
         if prep.batch_size:  # post-hoc knobs only: configurations in batches on evaluator actors
             pool, prepared_network = _prepared_pool(prep, pool, preparing)
             shared = pool.shared
+            if opts.figures:
+                pool.warm_figures()  # the first evaluator will draw the score figures
             logger = TrialRuns(sweep_run, tags=tags)
             status_before = None  # from here on, the sweep's own outcome is what its parent run records
             grid = _run_batched(prep, pool, logger, signals)
@@ -292,9 +294,15 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
             figure_imports.join()
             from orchestrator.tracking.figures import log_sweep_figures
 
+            rendered = None
+            if pool is not None and pool.actors:  # the evaluator draws the score figures meanwhile
+                import ray
+
+                ref = pool.score_figures(result.best_config, f"{method.name} on {bench.name}")
+                rendered = lambda: ray.get(ref)  # noqa: E731
             stored = study.load(prep.study_storage, prep.name) if prep.study_storage else None
-            scores, notes = _best_scores(prep, result, settings, pool, shared)
-            for note in notes + log_sweep_figures(prep, result, sweep_run.client, stored, scores):
+            scores, notes = (None, []) if rendered else _best_scores(prep, result, settings, shared)
+            for note in notes + log_sweep_figures(prep, result, sweep_run.client, stored, scores, rendered):
                 _say(opts, f"figures: {note}")
         status = "FINISHED" if result.best_matrix is not None else "FAILED"
         return result
@@ -338,17 +346,15 @@ def _import_figure_libraries(opts: SweepOptions, searched: int):
     return thread
 
 
-def _best_scores(prep: Prepared, result: SweepResult, settings, pool, shared):
-    """The best configuration's test-set scores for the figures — from the evaluator that holds the network and
-    its outputs (batched sweeps), else recomputed here from the model cache — and notes on a failure (a sweep's
-    results matter more than its pictures)."""
+def _best_scores(prep: Prepared, result: SweepResult, settings, shared):
+    """The best configuration's test-set scores for the figures, recomputed here from the model cache (a Tune
+    sweep; a batched one's evaluator draws them), and notes on a failure (a sweep's results matter more than its
+    pictures)."""
     import ray
 
     from orchestrator.trial import best_scores
 
     try:
-        if pool is not None and pool.actors:
-            return pool.scores(result.best_config), []
         prepared = ray.get(shared) if shared is not None else None  # zero-copy from the object store
         return best_scores(result.best_config, prep.bench, settings, prepared), []
     except Exception as exc:  # noqa: BLE001

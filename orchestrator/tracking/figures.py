@@ -8,8 +8,9 @@ Per sweep, on the parent run (:func:`log_sweep_figures`), under ``figures/``:
 
 - ``best_ood_matrix_heatmap.png`` — the best trial's matrix;
 - ``best_score_histograms.png`` and ``best_roc_curves.png`` — ID-test vs each OOD test set, from the best
-  configuration's scores, which the sweep passes in (a post-hoc sweep's evaluator computes them from what it holds;
-  otherwise :func:`orchestrator.trial.best_scores` recomputes them on the driver from the model cache);
+  configuration's scores (a post-hoc sweep's evaluator scores and draws them from what it holds, while the driver
+  draws the rest: :func:`score_figure_pngs`; otherwise :func:`orchestrator.trial.best_scores` recomputes the scores
+  on the driver from the model cache);
 - ``optuna_history.png``, ``optuna_parallel_coordinate.png``, ``optuna_param_importances.png`` — Optuna's own
   plots of the sweep's stored study (rebuilt from the child runs — params + final validation metric — for a sweep
   without one). A plot that cannot be drawn
@@ -116,8 +117,8 @@ def histogram_figure(s_id: np.ndarray, ood: dict[str, tuple[str, np.ndarray]], t
         both = np.r_[s_id, s]
         lo, hi = float(both.min()), float(both.max())
         bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 31)
-        ax.hist(s_id, bins=bins, alpha=0.55, density=True, label="ID (test)", color="tab:blue")
-        ax.hist(s, bins=bins, alpha=0.55, density=True, label=name,
+        ax.hist(s_id, bins=bins, alpha=0.55, density=True, label="ID (test)", color="tab:blue", histtype="stepfilled")
+        ax.hist(s, bins=bins, alpha=0.55, density=True, label=name, histtype="stepfilled",
                 color="tab:red" if group == "near" else "tab:orange")
         auroc = ood_metrics(s_id, s)["auroc"]
         ax.set_title(f"{group}: {name} (AUROC {100 * auroc:.1f}%)", fontsize=9)
@@ -254,13 +255,46 @@ def _fit(fig):
 
 
 # ---------------------------------------------------------------- the sweep
-def log_sweep_figures(prep, result, client=None, study=None, scores=None) -> list[str]:
+def score_figure_pngs(s_id: np.ndarray, ood: dict[str, tuple[str, np.ndarray]], what: str) -> dict[str, bytes]:
+    """{artifact path: PNG} of the best configuration's score histograms and ROC curves (``what``: "knn on
+    fashion-mnist"), rendered wherever its scores are: a batched sweep's evaluator draws them while the driver
+    draws the other figures."""
+    import io
+
+    label = f"{what}, best configuration (test sets)"
+    pngs = {}
+    for name, fig in (("figures/best_score_histograms.png", histogram_figure(s_id, ood, label)),
+                      ("figures/best_roc_curves.png", roc_figure(s_id, ood, f"ROC: {label}"))):
+        buffer = io.BytesIO()
+        try:
+            fig.savefig(buffer, format="png")
+        finally:
+            plt.close(fig)
+        pngs[name] = buffer.getvalue()
+    return pngs
+
+
+def _log_pngs(client, run_id: str, pngs: dict[str, bytes]) -> None:
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in pngs.items():
+            path = os.path.join(folder, os.path.basename(name))
+            with open(path, "wb") as f:
+                f.write(data)
+            client.log_artifact(run_id, path, os.path.dirname(name) or None)
+
+
+def log_sweep_figures(prep, result, client=None, study=None, scores=None, rendered=None) -> list[str]:
     """Log the sweep's figures to its parent run (see the module doc); returns notes on what was skipped.
 
-    ``study``: the sweep's stored Optuna study (rebuilt from the child runs when None); ``scores``: the best
-    configuration's (ID-test scores, {OOD set: (group, scores)}) — ``orchestrator.trial.best_scores`` — for its
-    histograms and ROC curves (skipped with a note when None).
-    Never raises for a figure: a failure becomes a note (a sweep's results matter more than its pictures).
+    ``study``: the sweep's stored Optuna study (rebuilt from the child runs when None). The best configuration's
+    histograms and ROC curves come from ``scores`` — its (ID-test scores, {OOD set: (group, scores)}),
+    ``orchestrator.trial.best_scores`` — drawn here, or from ``rendered``: a callable returning them drawn
+    elsewhere (:func:`score_figure_pngs`), called once this function has drawn the rest; with neither they are
+    skipped with a note. Never raises for a figure: a failure becomes a note (a sweep's results matter more than
+    its pictures).
     """
     from orchestrator.tracking.runs import client_for
 
@@ -275,13 +309,6 @@ def log_sweep_figures(prep, result, client=None, study=None, scores=None) -> lis
             best_child = _child_run(client, run_id, best_id) if best_id else None
             if best_child is not None:
                 log_trial_figures(client, best_child, result.best_matrix)
-            if scores is None:
-                notes.append("best configuration's score histograms and ROC curves skipped: no scores given")
-            else:
-                s_id, ood = scores
-                label = f"{prep.opts.method} on {prep.bench.name}, best configuration (test sets)"
-                _log(client, run_id, histogram_figure(s_id, ood, label), "figures/best_score_histograms.png")
-                _log(client, run_id, roc_figure(s_id, ood, f"ROC: {label}"), "figures/best_roc_curves.png")
         except Exception as exc:  # noqa: BLE001
             plt.close("all")
             notes.append(f"best-trial figures failed: {type(exc).__name__}: {exc}")
@@ -294,6 +321,17 @@ def log_sweep_figures(prep, result, client=None, study=None, scores=None) -> lis
     except Exception as exc:  # noqa: BLE001
         plt.close("all")
         notes.append(f"Optuna figures failed: {type(exc).__name__}: {exc}")
+    if result.best_matrix is not None:
+        try:
+            if scores is not None:
+                _log_pngs(client, run_id, score_figure_pngs(*scores, f"{prep.opts.method} on {prep.bench.name}"))
+            elif rendered is not None:
+                _log_pngs(client, run_id, rendered())
+            else:
+                notes.append("best configuration's score histograms and ROC curves skipped: no scores given")
+        except Exception as exc:  # noqa: BLE001
+            plt.close("all")
+            notes.append(f"best configuration's score figures failed: {type(exc).__name__}: {exc}")
     if notes:
         client.log_text(run_id, "\n".join(notes) + "\n", "figures/notes.txt")
     return notes

@@ -106,7 +106,7 @@ def test_the_best_trial_gets_its_heatmap(batched):
     assert len(with_heatmap) == 1
 
 
-def test_the_evaluator_scores_the_best_configuration_for_the_sweep_figures(batched):
+def test_the_evaluator_draws_the_best_configurations_score_figures(batched):
     cwd, _ = batched
     client, children = _children(cwd)
     parent = children[0].data.tags["mlflow.parentRunId"]

@@ -151,3 +151,43 @@ def test_importances_are_plotted_for_two_searched_knobs(trial, tmp_path):
     notes = figures.log_optuna_figures(client, run_id, study, "val/auroc")
     assert notes == []
     _png(client, run_id, "figures/optuna_param_importances.png", tmp_path)
+
+
+@pytest.fixture(scope="module")
+def rendered_elsewhere(trial):
+    """The sweep figures with the score figures drawn by someone else (as a batched sweep's evaluator does)."""
+    prep, config, result, uri, _ = trial
+    client = MlflowClient(uri)
+    parent = _sweep_runs(client, client.create_experiment("rendered"), result, [(2.0, 0.6), (0.5, 0.5)])
+    res = SweepResult("rendered", parent, uri, "", best_config=config, best_matrix=_matrix(result))
+    pngs = figures.score_figure_pngs(*best_scores(config, prep.bench, prep.trial_settings()), "energy on digits")
+    notes = figures.log_sweep_figures(prep, res, client, rendered=lambda: pngs)
+    return client, parent, pngs, notes
+
+
+def test_score_figures_are_drawn_as_pngs(rendered_elsewhere):
+    _, _, pngs, _ = rendered_elsewhere
+    assert [data[:8] for data in pngs.values()] == [PNG, PNG]
+
+
+def test_score_figures_drawn_elsewhere_are_logged_as_drawn(rendered_elsewhere, tmp_path):
+    client, parent, pngs, _ = rendered_elsewhere
+    assert {name: _png(client, parent, name, tmp_path) for name in pngs} == pngs
+
+
+def test_score_figures_drawn_elsewhere_leave_only_the_importance_note(rendered_elsewhere):
+    _, _, _, notes = rendered_elsewhere
+    assert len(notes) == 1 and "importances skipped" in notes[0]
+
+
+def test_score_figures_that_fail_elsewhere_become_a_note(trial):
+    prep, config, result, uri, _ = trial
+    client = MlflowClient(uri)
+    parent = _sweep_runs(client, client.create_experiment("failed-elsewhere"), result, [(2.0, 0.6)])
+    res = SweepResult("failed", parent, uri, "", best_config=config, best_matrix=_matrix(result))
+
+    def lost():
+        raise RuntimeError("the evaluator was lost")
+
+    notes = figures.log_sweep_figures(prep, res, client, rendered=lost)
+    assert any("score figures failed: RuntimeError: the evaluator was lost" in n for n in notes)
