@@ -66,6 +66,13 @@ def normalised(features: np.ndarray) -> tuple[np.ndarray, str]:
     return normal, digest
 
 
+def forget_memoised() -> None:
+    """Forget the neighbour tables and normalised arrays memoised in this process (a benchmark timing a classifier's
+    first sweep again; a long-lived process that is done with a network)."""
+    _MEMO.clear()
+    _NORMALISED.clear()
+
+
 def check_k(k) -> int:
     if isinstance(k, bool) or not (isinstance(k, Integral) or (isinstance(k, float) and k.is_integer())):
         raise ValueError(f"knn: k must be a positive integer, got {k!r}")

@@ -108,26 +108,47 @@ class Evaluator:
         (shared,) = ray.get(refs)
         self.evaluate = PosthocEvaluator(self.bench, self.settings, shared)
 
-    def warm_figures(self) -> None:
-        """Import the figures' libraries (matplotlib: ~0.4 s) on a thread, while this actor scores, so that
-        :meth:`score_figures` only draws."""
+    def warm_figures(self, searched: int) -> None:
+        """Import the figures' libraries (matplotlib and Optuna's plots, ~0.5 s; Optuna's importances, which import
+        scikit-learn, only for ``searched`` >= 2 knobs) on a thread while this actor scores, so that
+        :meth:`draw_figures` only draws."""
         import threading
 
         def load():
             try:
+                if searched >= 2:
+                    import optuna.importance  # noqa: F401
+                import optuna.visualization.matplotlib  # noqa: F401
+
                 import orchestrator.tracking.figures  # noqa: F401
-            except Exception:  # noqa: BLE001, S110 - score_figures imports it again and reports a failure
+            except Exception:  # noqa: BLE001, S110 - draw_figures imports them again and reports a failure
                 pass
 
         threading.Thread(target=load, name="oodsweep-figure-imports", daemon=True).start()
 
-    def score_figures(self, config: dict[str, Any], what: str) -> dict[str, bytes]:
-        """The score histograms and ROC curves of ``config`` as PNGs
-        (:func:`orchestrator.tracking.figures.score_figure_pngs`): drawn here, where the scores are, while the
-        driver draws the sweep's other figures."""
-        from orchestrator.tracking.figures import score_figure_pngs
+    def draw_figures(self, config: dict[str, Any], matrix_json: str, trials: list, directions: list, metric: str,
+                     what: str):
+        """The sweep's figures (:func:`orchestrator.tracking.figures.draw_sweep_figures`) for its best
+        configuration ``config`` (its matrix as JSON) and the study's ``trials``: drawn here, where the scores
+        are, while the driver writes the last MLflow runs; the driver logs them."""
+        import json
 
-        return score_figure_pngs(*self.evaluate.scores(config), what)
+        import optuna
+
+        from orchestrator.metrics import OODMatrix
+        from orchestrator.tracking.figures import draw_sweep_figures
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
+        study = optuna.create_study(directions=directions)
+        study.add_trials(trials)
+        scores, failed = None, None
+        try:
+            scores = self.evaluate.scores(config)
+        except Exception as exc:  # noqa: BLE001 - the other figures are still drawn
+            failed = f"best configuration's scores failed: {type(exc).__name__}: {exc}"
+        drawn = draw_sweep_figures(OODMatrix.from_json(json.loads(matrix_json)), scores, study, metric, what)
+        drawn.notes += [failed] if failed else []
+        return drawn
 
     def run(self, configs: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, str | None]]:
         out = []
@@ -143,12 +164,13 @@ class EvaluatorPool:
     """A post-hoc sweep's evaluator actors and the network they share.
 
     The first actor starts at once (it loads the benchmark, and PyTorch when its scorer reads the network, while
-    the driver opens its MLflow runs). On a cluster of several nodes it prepares the network and its outputs inside its own process
-    (:meth:`Evaluator.prepare`) with every CPU of its node, and keeps them; when the cluster is this machine alone,
-    the driver prepares them meanwhile (:class:`DriverPreparation`) and the first actor holds the result. The
-    others start once that is done (:meth:`grow`: they would only compete for CPUs), and only when the sweep's pace
-    says they pay for their start-up (:class:`Pace`); they hold the result from the object store while the first
-    already scores. A lost actor is replaced by one that holds the same outputs.
+    the driver opens its MLflow runs). On a cluster of several nodes it prepares the network and its outputs inside
+    its own process (:meth:`Evaluator.prepare`) with every CPU of its node, and keeps them; when the cluster is this
+    machine alone, the driver prepares them meanwhile (:class:`DriverPreparation`) and the first actor holds the
+    result. The others start once that is done (:meth:`grow`: they would only compete for CPUs), and only when the
+    sweep's pace says they pay for their start-up (:class:`Pace`); they hold the result from the object store while
+    the first already scores. A lost actor is replaced by one that holds the same outputs. The first actor also
+    draws the sweep's figures once the last configuration is scored (:meth:`draw_figures`).
     """
 
     def __init__(self, prep):
@@ -233,14 +255,15 @@ class EvaluatorPool:
         ray.kill(actor)
         return new
 
-    def warm_figures(self) -> None:
-        """Let the first actor import the figures' libraries while it scores (it draws the score figures)."""
-        self.actors[0].warm_figures.remote()
+    def warm_figures(self, searched: int) -> None:
+        """Let the first actor import the figures' libraries while it scores (it draws the sweep's figures)."""
+        self.actors[0].warm_figures.remote(searched)
 
-    def score_figures(self, config: dict[str, Any], what: str):
-        """ObjectRef of the score histograms and ROC curves of ``config`` as PNGs, drawn by the first actor (it
-        holds the outputs and the sweep work: nothing is loaded again)."""
-        return self.actors[0].score_figures.remote(config, what)
+    def draw_figures(self, config: dict[str, Any], matrix_json: str, study, metric: str, what: str):
+        """ObjectRef of the sweep's figures (:meth:`Evaluator.draw_figures`), drawn by the first actor: it holds the
+        outputs and the sweep work (nothing is loaded again), and is idle once the last configuration is
+        scored."""
+        return self.actors[0].draw_figures.remote(config, matrix_json, study.trials, study.directions, metric, what)
 
     def close(self) -> None:
         import ray
@@ -357,10 +380,13 @@ def _values(result: dict[str, Any], objectives: list[tuple[str, str]]) -> list[f
     return [float(result[metric]) for metric, _ in objectives]
 
 
-def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size: int) -> Outcomes:
+def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size: int,
+        on_scored=None) -> Outcomes:
     """Run the sweep's remaining configurations on ``pool`` (prepared; the caller closes it); returns every
     finished one (earlier runs of a resumed sweep included). Returns early, with ``signals.received`` set, when the
-    user stops the sweep."""
+    user stops the sweep. ``on_scored(outcomes, study)``, when given, is called once every configuration is scored,
+    before the last MLflow writes are waited for (the sweep's figures start drawing then); ``study`` is the
+    in-memory Optuna study, complete."""
     import optuna
     import ray
 
@@ -470,6 +496,8 @@ def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size
                     progress.failed_one(tid)
             progress.running = sum(len(b) for _, b, _ in running.values())
             progress.batch_done()
+        if on_scored is not None and not signals.received:
+            on_scored(done, study)
     finally:
         for _, batch, _ in running.values():  # stopped: what was in flight never finished
             for trial, config, started in batch:

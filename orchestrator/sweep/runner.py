@@ -233,7 +233,8 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     pool = preparing = None
     if prep.batch_size and not extraction.needed(bench):
         pool, preparing = _start_pool(prep)
-    figure_imports = _import_figure_libraries(opts, len(space.knobs))
+    # A batched sweep's first evaluator draws its figures; a Tune sweep's driver does.
+    figure_imports = None if prep.batch_size else _import_figure_libraries(opts, len(space.knobs))
     try:
         sweep_run, status_before = _open_parent_run(prep, method, tags)
     except BaseException:
@@ -247,6 +248,7 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
                f"once; MLflow {prep.tracking_uri} (run {sweep_run.run_id})")
     status = "FAILED"
     logger = None
+    drawing: dict = {}  # a batched sweep's figures, being drawn by its first evaluator: config, ObjectRef
     result = SweepResult(prep.name, sweep_run.run_id, prep.tracking_uri, prep.experiment_path,
                          resume_command=resume_command(prep), study_storage=prep.study_storage)
     try:
@@ -255,10 +257,10 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
             pool, prepared_network = _prepared_pool(prep, pool, preparing)
             shared = pool.shared
             if opts.figures:
-                pool.warm_figures()  # the first evaluator will draw the score figures
+                pool.warm_figures(len(space.knobs))  # the first evaluator will draw the figures
             logger = TrialRuns(sweep_run, tags=tags)
             status_before = None  # from here on, the sweep's own outcome is what its parent run records
-            grid = _run_batched(prep, pool, logger, signals)
+            grid = _run_batched(prep, pool, logger, signals, drawing if opts.figures else None)
         else:  # Ray Tune, imported only here (~0.4 s): a batched sweep never needs it
             from ray import tune
 
@@ -291,18 +293,20 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
             _say(opts, f"Re-running the best configuration with {opts.seeds} more seed(s)...")
             rerun_best_with_seeds(prep, result, opts.seeds, every_trial=opts.seeds_every_trial, client=sweep_run.client)
         if opts.figures and result.best_matrix is not None:
-            figure_imports.join()
             from orchestrator.tracking.figures import log_sweep_figures
 
-            rendered = None
-            if pool is not None and pool.actors:  # the evaluator draws the score figures meanwhile
+            stored = scores = drawn = None
+            notes = []
+            if drawing.get("config") == result.best_config:  # drawn by the evaluator meanwhile
                 import ray
 
-                ref = pool.score_figures(result.best_config, f"{method.name} on {bench.name}")
-                rendered = lambda: ray.get(ref)  # noqa: E731
-            stored = study.load(prep.study_storage, prep.name) if prep.study_storage else None
-            scores, notes = (None, []) if rendered else _best_scores(prep, result, settings, shared)
-            for note in notes + log_sweep_figures(prep, result, sweep_run.client, stored, scores, rendered):
+                drawn = lambda: ray.get(drawing["figures"])  # noqa: E731
+            else:
+                if figure_imports is not None:
+                    figure_imports.join()
+                stored = study.load(prep.study_storage, prep.name) if prep.study_storage else None
+                scores, notes = _best_scores(prep, result, settings, shared)
+            for note in notes + log_sweep_figures(prep, result, sweep_run.client, stored, scores, drawn):
                 _say(opts, f"figures: {note}")
         status = "FINISHED" if result.best_matrix is not None else "FAILED"
         return result
@@ -415,8 +419,11 @@ def _prepared_pool(prep: Prepared, pool, preparing):
     return pool, {done["key"]: bool(done["trained"]) or trained_first}
 
 
-def _run_batched(prep: Prepared, pool, logger, signals):
-    """A post-hoc search in batches on Ray actors (see :mod:`orchestrator.sweep.batched`)."""
+def _run_batched(prep: Prepared, pool, logger, signals, drawing: dict | None):
+    """A post-hoc search in batches on Ray actors (see :mod:`orchestrator.sweep.batched`). With ``drawing`` (a
+    dict), the first evaluator starts drawing the sweep's figures the moment the last configuration is scored,
+    while the driver writes the last MLflow runs; ``drawing`` then holds the best configuration and the
+    ObjectRef of its :class:`orchestrator.tracking.figures.SweepFigures`."""
     from orchestrator.sweep import batched
     from orchestrator.sweep.progress import BatchProgress
 
@@ -427,8 +434,16 @@ def _run_batched(prep: Prepared, pool, logger, signals):
     progress = BatchProgress(space.metric, space.mode, prep.num_samples, quiet=opts.quiet)
     _say(opts, f"Post-hoc knobs only: configurations run in batches of {prep.batch_size} on "
                f"{prep.max_concurrent} Ray actor(s) holding the shared network (--batch-size 0: one Tune trial each)")
+    def draw(done, working):
+        best, _ = _best(space, _finished(done))
+        if best is not None and pool.actors:
+            drawing.update(config=dict(best.config), figures=pool.draw_figures(
+                dict(best.config), best.metrics["matrix_json"], working, space.metric,
+                f"{prep.opts.method} on {prep.bench.name}"))
+
     with signals.polled():
-        return batched.run(prep, pool, stored, logger, progress, signals, prep.batch_size)
+        return batched.run(prep, pool, stored, logger, progress, signals, prep.batch_size,
+                           on_scored=draw if drawing is not None else None)
 
 
 def resume_command(prep: Prepared) -> str:
@@ -465,28 +480,43 @@ def _prewarm(method, space, fixed, bench, settings, resources, opts):
     return ref, {done["key"]: bool(done["trained"]) or trained_first}
 
 
+def _finished(grid) -> list:
+    """The trials of ``grid`` (Tune's results, or a batched sweep's outcomes) that reached their final result."""
+    return [r for r in grid if r.error is None and r.metrics and r.metrics.get("final")]
+
+
+def _best(space, finished: list):
+    """(the best of the ``finished`` trials — on ``space.metric``, among the Pareto front's for several
+    objectives —, the front's rows or None); (None, None) when none finished."""
+    if not finished:
+        return None, None
+    sign = 1 if space.mode == "max" else -1
+    candidates, pareto = finished, None
+    if space.multi_objective:
+        rows = [{"trial_id": r.metrics.get("trial_id"), **{m: r.metrics[m] for m, _ in space.objectives},
+                 "config": r.config, "_r": r} for r in finished]
+        front = scheduling.pareto_front(rows, space.objectives)
+        candidates = [row["_r"] for row in front]
+        pareto = [{k: v for k, v in row.items() if k != "_r"} for row in front]
+    return max(candidates, key=lambda r: sign * r.metrics[space.metric]), pareto
+
+
 def _summarise(prep: Prepared, grid, sweep_run, started: float, res: SweepResult) -> SweepResult:
     space = prep.space
-    finished = [r for r in grid if r.error is None and r.metrics and r.metrics.get("final")]
+    finished = _finished(grid)
     res.results_path, res.num_trials, res.num_errors = grid.experiment_path, len(grid), grid.num_errors
     res.seconds = time.time() - started
     for r in finished:
         key = r.metrics.get("model_key")
         if key:
             res.networks[key] = res.networks.get(key, False) or bool(r.metrics.get("trained_model"))
-    if not finished:
+    best, pareto = _best(space, finished)
+    if best is None:
         return res
-    sign = 1 if space.mode == "max" else -1
-    candidates = finished
-    if space.multi_objective:
-        rows = [{"trial_id": r.metrics.get("trial_id"), **{m: r.metrics[m] for m, _ in space.objectives},
-                 "config": r.config, "_r": r} for r in finished]
-        front = scheduling.pareto_front(rows, space.objectives)
-        candidates = [row["_r"] for row in front]
-        res.pareto = [{k: v for k, v in row.items() if k != "_r"} for row in front]
+    if pareto is not None:
+        res.pareto = pareto
         sweep_run.log_dict({"objectives": space.objectives, "front": res.pareto}, "pareto_front.json")
-        sweep_run.log_metrics({"pareto/size": len(front)})
-    best = max(candidates, key=lambda r: sign * r.metrics[space.metric])
+        sweep_run.log_metrics({"pareto/size": len(pareto)})
     res.best_config = dict(best.config)
     res.best_metrics = {k: v for k, v in best.metrics.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -8,18 +8,21 @@ Per sweep, on the parent run (:func:`log_sweep_figures`), under ``figures/``:
 
 - ``best_ood_matrix_heatmap.png`` — the best trial's matrix;
 - ``best_score_histograms.png`` and ``best_roc_curves.png`` — ID-test vs each OOD test set, from the best
-  configuration's scores (a post-hoc sweep's evaluator scores and draws them from what it holds, while the driver
-  draws the rest: :func:`score_figure_pngs`; otherwise :func:`orchestrator.trial.best_scores` recomputes the scores
-  on the driver from the model cache);
+  configuration's scores (:func:`orchestrator.trial.best_scores` recomputes them from the model cache);
 - ``optuna_history.png``, ``optuna_parallel_coordinate.png``, ``optuna_param_importances.png`` — Optuna's own
   plots of the sweep's stored study (rebuilt from the child runs — params + final validation metric — for a sweep
   without one). A plot that cannot be drawn
   (one trial, no searched knob) is skipped; ``figures/notes.txt`` says why.
+
+Drawing (:func:`draw_sweep_figures`: PNG bytes) is apart from logging (:func:`log_sweep_figures`): a batched
+post-hoc sweep's evaluator, which holds the best configuration's scores and is otherwise idle, draws them while the
+driver writes the last MLflow runs, and the driver — which then never imports matplotlib — logs them.
 """
 from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib
@@ -44,13 +47,6 @@ def _plain_style(fn):
             return fn(*args, **kwargs)
 
     return wrapper
-
-
-def _log(client, run_id: str, fig, name: str) -> None:
-    try:
-        client.log_figure(run_id, fig, name)
-    finally:
-        plt.close(fig)
 
 
 # ---------------------------------------------------------------- OOD metric matrix
@@ -90,7 +86,7 @@ def heatmap_figure(matrix: OODMatrix, title: str | None = None):
 
 def log_trial_figures(client, run_id: str, matrix: OODMatrix) -> None:
     """Log ``ood_matrix_heatmap.png`` to a trial's run (call next to the matrix CSV/JSON artifacts)."""
-    _log(client, run_id, heatmap_figure(matrix), "ood_matrix_heatmap.png")
+    log_pngs(client, run_id, {"ood_matrix_heatmap.png": png(heatmap_figure(matrix))})
 
 
 def _child_run(client, parent_run_id: str, trial_id: str) -> str | None:
@@ -208,12 +204,14 @@ def study_from_runs(client, parent_run_id: str, space, fixed: dict[str, Any] | N
     return study
 
 
-def log_optuna_figures(client, run_id: str, study, metric: str) -> list[str]:
-    """History, parallel coordinates and importances of ``study``; returns notes for the plots skipped."""
+def draw_optuna_figures(study, metric: str) -> tuple[dict[str, bytes], list[str]]:
+    """History, parallel coordinates and importances of ``study`` as PNGs by artifact path, and notes for the plots
+    skipped."""
     import optuna
     import optuna.visualization.matplotlib as ovm
 
-    notes = []
+    notes: list[str] = []
+    pngs: dict[str, bytes] = {}
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     n = len(complete)
     searched = sorted({k for t in complete for k in t.params})
@@ -224,12 +222,12 @@ def log_optuna_figures(client, run_id: str, study, metric: str) -> list[str]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", UserWarning)  # e.g. identical axis limits when every trial has one value
         if n == 0:
-            return ["no finished trial with the validation metric: no Optuna plots"]
+            return pngs, ["no finished trial with the validation metric: no Optuna plots"]
         ax = ovm.plot_optimization_history(study, target=target, target_name=metric)
-        _log(client, run_id, _fit(ax.figure), "figures/optuna_history.png")
+        pngs["figures/optuna_history.png"] = png(_fit(ax.figure))
         if searched:
             ax = ovm.plot_parallel_coordinate(study, target=target, target_name=metric)
-            _log(client, run_id, _fit(ax.figure), "figures/optuna_parallel_coordinate.png")
+            pngs["figures/optuna_parallel_coordinate.png"] = png(_fit(ax.figure))
         else:
             notes.append("parallel coordinates skipped: the search space has no searched knob")
         if n < 2 or len(searched) < 2:
@@ -240,10 +238,17 @@ def log_optuna_figures(client, run_id: str, study, metric: str) -> list[str]:
         else:
             try:
                 ax = ovm.plot_param_importances(study, target=target, target_name=metric)
-                _log(client, run_id, _fit(ax.figure), "figures/optuna_param_importances.png")
+                pngs["figures/optuna_param_importances.png"] = png(_fit(ax.figure))
             except Exception as exc:  # noqa: BLE001 - e.g. every trial has the same value
                 plt.close("all")
                 notes.append(f"hyperparameter importances skipped: {type(exc).__name__}: {exc}")
+    return pngs, notes
+
+
+def log_optuna_figures(client, run_id: str, study, metric: str) -> list[str]:
+    """:func:`draw_optuna_figures`, logged to ``run_id``; returns the notes."""
+    pngs, notes = draw_optuna_figures(study, metric)
+    log_pngs(client, run_id, pngs)
     return notes
 
 
@@ -254,27 +259,20 @@ def _fit(fig):
     return fig
 
 
-# ---------------------------------------------------------------- the sweep
-def score_figure_pngs(s_id: np.ndarray, ood: dict[str, tuple[str, np.ndarray]], what: str) -> dict[str, bytes]:
-    """{artifact path: PNG} of the best configuration's score histograms and ROC curves (``what``: "knn on
-    fashion-mnist"), rendered wherever its scores are: a batched sweep's evaluator draws them while the driver
-    draws the other figures."""
+def png(fig) -> bytes:
+    """``fig`` rendered as PNG, and closed."""
     import io
 
-    label = f"{what}, best configuration (test sets)"
-    pngs = {}
-    for name, fig in (("figures/best_score_histograms.png", histogram_figure(s_id, ood, label)),
-                      ("figures/best_roc_curves.png", roc_figure(s_id, ood, f"ROC: {label}"))):
-        buffer = io.BytesIO()
-        try:
-            fig.savefig(buffer, format="png")
-        finally:
-            plt.close(fig)
-        pngs[name] = buffer.getvalue()
-    return pngs
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
 
 
-def _log_pngs(client, run_id: str, pngs: dict[str, bytes]) -> None:
+def log_pngs(client, run_id: str, pngs: dict[str, bytes]) -> None:
+    """Log PNGs as artifacts of ``run_id``, each at its artifact path."""
     import os
     import tempfile
 
@@ -286,52 +284,89 @@ def _log_pngs(client, run_id: str, pngs: dict[str, bytes]) -> None:
             client.log_artifact(run_id, path, os.path.dirname(name) or None)
 
 
-def log_sweep_figures(prep, result, client=None, study=None, scores=None, rendered=None) -> list[str]:
-    """Log the sweep's figures to its parent run (see the module doc); returns notes on what was skipped.
+# ---------------------------------------------------------------- the sweep
+@dataclass
+class SweepFigures:
+    """A sweep's figures, drawn: PNGs for the parent run by artifact path, the best trial's heatmap for its child
+    run, and notes on what was skipped. Drawing needs no MLflow: a batched sweep's evaluator draws them (it holds
+    the scores) while the driver writes the last runs, and the driver logs them."""
 
-    ``study``: the sweep's stored Optuna study (rebuilt from the child runs when None). The best configuration's
-    histograms and ROC curves come from ``scores`` — its (ID-test scores, {OOD set: (group, scores)}),
-    ``orchestrator.trial.best_scores`` — drawn here, or from ``rendered``: a callable returning them drawn
-    elsewhere (:func:`score_figure_pngs`), called once this function has drawn the rest; with neither they are
-    skipped with a note. Never raises for a figure: a failure becomes a note (a sweep's results matter more than
-    its pictures).
+    parent: dict[str, bytes] = field(default_factory=dict)
+    best_trial: bytes | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def draw_sweep_figures(best_matrix: OODMatrix | None, scores, study, metric: str, what: str) -> SweepFigures:
+    """The figures of the module doc. ``scores``: the best configuration's (ID-test scores, {OOD set: (group,
+    scores)}) — :func:`orchestrator.trial.best_scores` — or None (its histograms and ROC curves are then skipped
+    with a note); ``study``: the sweep's Optuna study (None: no Optuna plots, the caller says why); ``what``: "knn
+    on fashion-mnist". A figure that fails becomes a note (a sweep's results matter more than its pictures)."""
+    drawn = SweepFigures()
+    if best_matrix is None:
+        drawn.notes.append("no finished trial: no best-trial figures")
+    else:
+        try:
+            drawn.parent["figures/best_ood_matrix_heatmap.png"] = png(
+                heatmap_figure(best_matrix, "Best trial: OOD metric matrix (%)"))
+            drawn.best_trial = png(heatmap_figure(best_matrix))
+            if scores is None:
+                drawn.notes.append("best configuration's score histograms and ROC curves skipped: no scores given")
+            else:
+                s_id, ood = scores
+                label = f"{what}, best configuration (test sets)"
+                drawn.parent["figures/best_score_histograms.png"] = png(histogram_figure(s_id, ood, label))
+                drawn.parent["figures/best_roc_curves.png"] = png(roc_figure(s_id, ood, f"ROC: {label}"))
+        except Exception as exc:  # noqa: BLE001
+            plt.close("all")
+            drawn.notes.append(f"best-trial figures failed: {type(exc).__name__}: {exc}")
+    if study is None:  # the caller could not get the study, and says why
+        return drawn
+    try:
+        pngs, notes = draw_optuna_figures(study, metric)
+        drawn.parent.update(pngs)
+        drawn.notes += notes
+    except Exception as exc:  # noqa: BLE001
+        plt.close("all")
+        drawn.notes.append(f"Optuna figures failed: {type(exc).__name__}: {exc}")
+    return drawn
+
+
+def log_sweep_figures(prep, result, client=None, study=None, scores=None, drawn=None) -> list[str]:
+    """Log the sweep's figures to its parent run and its best trial's child run; returns the notes on what was
+    skipped (also logged, as ``figures/notes.txt``).
+
+    The figures are drawn here (:func:`draw_sweep_figures`; ``study``: the sweep's stored Optuna study, rebuilt
+    from the child runs when None; ``scores`` as there) — or, with ``drawn``, elsewhere: a callable returning
+    their :class:`SweepFigures` (a batched sweep's evaluator). Never raises for a figure.
     """
     from orchestrator.tracking.runs import client_for
 
     client = client or client_for(result.tracking_uri)
     run_id = result.parent_run_id
-    notes: list[str] = []
-    if result.best_matrix is not None:
+    if drawn is not None:
         try:
-            _log(client, run_id, heatmap_figure(result.best_matrix, "Best trial: OOD metric matrix (%)"),
-                 "figures/best_ood_matrix_heatmap.png")
-            best_id = client.get_run(run_id).data.tags.get("best_trial_id", "")
-            best_child = _child_run(client, run_id, best_id) if best_id else None
-            if best_child is not None:
-                log_trial_figures(client, best_child, result.best_matrix)
-        except Exception as exc:  # noqa: BLE001
-            plt.close("all")
-            notes.append(f"best-trial figures failed: {type(exc).__name__}: {exc}")
+            figures = drawn()
+        except Exception as exc:  # noqa: BLE001 - e.g. the evaluator drawing them was lost
+            figures = SweepFigures(notes=[f"figures could not be drawn: {type(exc).__name__}: {exc}"])
     else:
-        notes.append("no finished trial: no best-trial figures")
-    try:
+        failed = None
         if study is None:
-            study = study_from_runs(client, run_id, prep.space, prep.fixed)
-        notes += log_optuna_figures(client, run_id, study, prep.space.metric)
+            try:
+                study = study_from_runs(client, run_id, prep.space, prep.fixed)
+            except Exception as exc:  # noqa: BLE001
+                failed = f"Optuna figures failed: {type(exc).__name__}: {exc}"
+        figures = draw_sweep_figures(result.best_matrix, scores, study, prep.space.metric,
+                                     f"{prep.opts.method} on {prep.bench.name}")
+        figures.notes += [failed] if failed else []
+    notes = list(figures.notes)
+    try:
+        log_pngs(client, run_id, figures.parent)
+        best_id = client.get_run(run_id).data.tags.get("best_trial_id", "")
+        best_child = _child_run(client, run_id, best_id) if best_id and figures.best_trial else None
+        if best_child is not None:
+            log_pngs(client, best_child, {"ood_matrix_heatmap.png": figures.best_trial})
     except Exception as exc:  # noqa: BLE001
-        plt.close("all")
-        notes.append(f"Optuna figures failed: {type(exc).__name__}: {exc}")
-    if result.best_matrix is not None:
-        try:
-            if scores is not None:
-                _log_pngs(client, run_id, score_figure_pngs(*scores, f"{prep.opts.method} on {prep.bench.name}"))
-            elif rendered is not None:
-                _log_pngs(client, run_id, rendered())
-            else:
-                notes.append("best configuration's score histograms and ROC curves skipped: no scores given")
-        except Exception as exc:  # noqa: BLE001
-            plt.close("all")
-            notes.append(f"best configuration's score figures failed: {type(exc).__name__}: {exc}")
+        notes.append(f"logging the figures failed: {type(exc).__name__}: {exc}")
     if notes:
         client.log_text(run_id, "\n".join(notes) + "\n", "figures/notes.txt")
     return notes

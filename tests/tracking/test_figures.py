@@ -154,33 +154,47 @@ def test_importances_are_plotted_for_two_searched_knobs(trial, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def rendered_elsewhere(trial):
-    """The sweep figures with the score figures drawn by someone else (as a batched sweep's evaluator does)."""
+def drawn_elsewhere(trial):
+    """The sweep figures drawn apart from MLflow (as a batched sweep's evaluator does), then logged by the driver."""
+    import optuna
+
     prep, config, result, uri, _ = trial
     client = MlflowClient(uri)
-    parent = _sweep_runs(client, client.create_experiment("rendered"), result, [(2.0, 0.6), (0.5, 0.5)])
-    res = SweepResult("rendered", parent, uri, "", best_config=config, best_matrix=_matrix(result))
-    pngs = figures.score_figure_pngs(*best_scores(config, prep.bench, prep.trial_settings()), "energy on digits")
-    notes = figures.log_sweep_figures(prep, res, client, rendered=lambda: pngs)
-    return client, parent, pngs, notes
+    parent = _sweep_runs(client, client.create_experiment("drawn"), result, [(2.0, 0.6), (0.5, 0.5)])
+    client.set_tag(parent, "best_trial_id", "t0")
+    res = SweepResult("drawn", parent, uri, "", best_config=config, best_matrix=_matrix(result))
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: t.suggest_float("temperature", 0.5, 8.0, log=True) / 10, n_trials=3)
+    drawn = figures.draw_sweep_figures(_matrix(result), best_scores(config, prep.bench, prep.trial_settings()),
+                                       study, "val/auroc", "energy on digits")
+    notes = figures.log_sweep_figures(prep, res, client, drawn=lambda: drawn)
+    return client, parent, drawn, notes
 
 
-def test_score_figures_are_drawn_as_pngs(rendered_elsewhere):
-    _, _, pngs, _ = rendered_elsewhere
-    assert [data[:8] for data in pngs.values()] == [PNG, PNG]
+def test_drawn_figures_are_pngs(drawn_elsewhere):
+    _, _, drawn, _ = drawn_elsewhere
+    assert {data[:8] for data in [*drawn.parent.values(), drawn.best_trial]} == {PNG}
 
 
-def test_score_figures_drawn_elsewhere_are_logged_as_drawn(rendered_elsewhere, tmp_path):
-    client, parent, pngs, _ = rendered_elsewhere
-    assert {name: _png(client, parent, name, tmp_path) for name in pngs} == pngs
+def test_figures_drawn_elsewhere_are_logged_as_drawn(drawn_elsewhere, tmp_path):
+    client, parent, drawn, _ = drawn_elsewhere
+    assert {name: _png(client, parent, name, tmp_path) for name in drawn.parent} == drawn.parent
 
 
-def test_score_figures_drawn_elsewhere_leave_only_the_importance_note(rendered_elsewhere):
-    _, _, _, notes = rendered_elsewhere
-    assert len(notes) == 1 and "importances skipped" in notes[0]
+def test_the_best_trials_heatmap_drawn_elsewhere_goes_to_its_child_run(drawn_elsewhere, tmp_path):
+    client, parent, drawn, _ = drawn_elsewhere
+    exp = client.get_run(parent).info.experiment_id
+    (child,) = [r for r in client.search_runs([exp], filter_string="tags.`oodsweep.trial_id` = 't0'")
+                if "oodsweep.seed_repeat" not in r.data.tags]  # the trial's run, not its seed repeat
+    assert _png(client, child.info.run_id, "ood_matrix_heatmap.png", tmp_path) == drawn.best_trial
 
 
-def test_score_figures_that_fail_elsewhere_become_a_note(trial):
+def test_figures_drawn_elsewhere_keep_their_notes(drawn_elsewhere):
+    _, _, drawn, notes = drawn_elsewhere
+    assert notes == drawn.notes
+
+
+def test_figures_that_could_not_be_drawn_elsewhere_become_a_note(trial):
     prep, config, result, uri, _ = trial
     client = MlflowClient(uri)
     parent = _sweep_runs(client, client.create_experiment("failed-elsewhere"), result, [(2.0, 0.6)])
@@ -189,5 +203,5 @@ def test_score_figures_that_fail_elsewhere_become_a_note(trial):
     def lost():
         raise RuntimeError("the evaluator was lost")
 
-    notes = figures.log_sweep_figures(prep, res, client, rendered=lost)
-    assert any("score figures failed: RuntimeError: the evaluator was lost" in n for n in notes)
+    notes = figures.log_sweep_figures(prep, res, client, drawn=lost)
+    assert notes == ["figures could not be drawn: RuntimeError: the evaluator was lost"]
