@@ -117,7 +117,8 @@ class RejectionScorer(FeatureScorer):
         if self.head_ is None:
             raise RuntimeError(f"{type(self).__name__}: call fit() before score()")
         with torch.no_grad():
-            logit = self.head_(torch.from_numpy(np.asarray(outputs.features, dtype=np.float32)))
+            # A copy: cached outputs are read-only memory maps, which PyTorch warns about wrapping.
+            logit = self.head_(torch.from_numpy(np.array(outputs.features, dtype=np.float32)))
         return -logit.double().numpy()
 
 

@@ -108,47 +108,22 @@ class Evaluator:
         (shared,) = ray.get(refs)
         self.evaluate = PosthocEvaluator(self.bench, self.settings, shared)
 
-    def warm_figures(self, searched: int) -> None:
-        """Import the figures' libraries (matplotlib and Optuna's plots, ~0.5 s; Optuna's importances, which import
-        scikit-learn, only for ``searched`` >= 2 knobs) on a thread while this actor scores, so that
-        :meth:`draw_figures` only draws."""
-        import threading
+    def warm_figures(self) -> None:
+        """:func:`warm_figure_imports` (matplotlib: this actor draws the score figures)."""
+        warm_figure_imports(optuna_plots=False, importances=False)
 
-        def load():
-            try:
-                if searched >= 2:
-                    import optuna.importance  # noqa: F401
-                import optuna.visualization.matplotlib  # noqa: F401
+    def draw_figures(self, config: dict[str, Any], what: str):
+        """The score histograms and ROC curves of the best configuration ``config``
+        (:func:`orchestrator.tracking.figures.draw_score_figures`), drawn here, where its scores are."""
+        from orchestrator.tracking.figures import draw_score_figures
 
-                import orchestrator.tracking.figures  # noqa: F401
-            except Exception:  # noqa: BLE001, S110 - draw_figures imports them again and reports a failure
-                pass
-
-        threading.Thread(target=load, name="oodsweep-figure-imports", daemon=True).start()
-
-    def draw_figures(self, config: dict[str, Any], matrix_json: str, trials: list, directions: list, metric: str,
-                     what: str):
-        """The sweep's figures (:func:`orchestrator.tracking.figures.draw_sweep_figures`) for its best
-        configuration ``config`` (its matrix as JSON) and the study's ``trials``: drawn here, where the scores
-        are, while the driver writes the last MLflow runs; the driver logs them."""
-        import json
-
-        import optuna
-
-        from orchestrator.metrics import OODMatrix
-        from orchestrator.tracking.figures import draw_sweep_figures
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
-        study = optuna.create_study(directions=directions)
-        study.add_trials(trials)
-        scores, failed = None, None
         try:
             scores = self.evaluate.scores(config)
-        except Exception as exc:  # noqa: BLE001 - the other figures are still drawn
-            failed = f"best configuration's scores failed: {type(exc).__name__}: {exc}"
-        drawn = draw_sweep_figures(OODMatrix.from_json(json.loads(matrix_json)), scores, study, metric, what)
-        drawn.notes += [failed] if failed else []
-        return drawn
+        except Exception as exc:  # noqa: BLE001 - the figure is skipped with a note, the sweep goes on
+            drawn = draw_score_figures(None, what)
+            drawn.notes = [f"best configuration's scores failed: {type(exc).__name__}: {exc}"]
+            return drawn
+        return draw_score_figures(scores, what)
 
     def run(self, configs: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, str | None]]:
         out = []
@@ -158,6 +133,56 @@ class Evaluator:
             except Exception as exc:  # noqa: BLE001 - one configuration failing is that trial's end, not the batch's
                 out.append((None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         return out
+
+
+def warm_figure_imports(optuna_plots: bool, importances: bool) -> None:
+    """Import the figures' libraries — matplotlib (~0.4 s), Optuna's plots, Optuna's importances (which import
+    scikit-learn, ~1 s) — on a thread at the lowest CPU priority, so that drawing later only draws: the import
+    uses what the preparation and the scoring leave of the CPUs instead of taking from them."""
+    import contextlib
+    import os
+    import sys
+    import threading
+
+    def load():
+        if sys.platform.startswith("linux"):  # a thread's own priority (elsewhere the id is no process id)
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        try:
+            if importances:
+                import optuna.importance  # noqa: F401
+            if optuna_plots:
+                import optuna.visualization.matplotlib  # noqa: F401
+
+            import orchestrator.tracking.figures  # noqa: F401
+        except Exception:  # noqa: BLE001, S110 - drawing imports them again and reports a failure
+            pass
+
+    threading.Thread(target=load, name="oodsweep-figure-imports", daemon=True).start()
+
+
+class FigureDrawer:
+    """Ray actor (no CPU reserved) that draws a batched sweep's heatmap and Optuna plots while the first evaluator
+    draws its score figures and the driver writes the last MLflow runs (a batched sweep's driver draws nothing)."""
+
+    def warm(self, searched: int) -> None:
+        """:func:`warm_figure_imports` (importances for ``searched`` >= 2 knobs)."""
+        warm_figure_imports(optuna_plots=True, importances=searched >= 2)
+
+    def draw(self, matrix_json: str, trials: list, directions: list, metric: str):
+        """:func:`orchestrator.tracking.figures.draw_result_figures` of the best trial's matrix (JSON) and a study
+        of ``trials``."""
+        import json
+
+        import optuna
+
+        from orchestrator.metrics import OODMatrix
+        from orchestrator.tracking.figures import draw_result_figures
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
+        study = optuna.create_study(directions=directions)
+        study.add_trials(trials)
+        return draw_result_figures(OODMatrix.from_json(json.loads(matrix_json)), study, metric)
 
 
 class EvaluatorPool:
@@ -181,6 +206,12 @@ class EvaluatorPool:
         self._settings = prep.trial_settings().as_dict()
         self._prep = prep
         self.actors = [self._start()]
+        #: Draws the heatmap and Optuna's plots while the first actor draws the score figures (None: no figures).
+        self.drawer = None
+        if prep.opts.figures:  # both import the figures' libraries meanwhile, at the lowest priority
+            self.actors[0].warm_figures.remote()
+            self.drawer = ray.remote(FigureDrawer).options(num_cpus=0).remote()
+            self.drawer.warm.remote(len(prep.space.knobs))
         #: ObjectRef of :func:`orchestrator.trial.shared_outputs`' result, once :meth:`prepared` succeeded.
         self.shared = None
 
@@ -255,22 +286,36 @@ class EvaluatorPool:
         ray.kill(actor)
         return new
 
-    def warm_figures(self, searched: int) -> None:
-        """Let the first actor import the figures' libraries while it scores (it draws the sweep's figures)."""
-        self.actors[0].warm_figures.remote(searched)
+    def draw_figures(self, config: dict[str, Any], matrix_json: str, study, metric: str, what: str) -> list:
+        """Start drawing the sweep's figures for its best configuration ``config`` (its matrix as JSON) and the
+        complete ``study``, in two processes at once: the score figures on the first actor (it holds the outputs
+        and the sweep work: nothing is loaded again; it is idle once the last configuration is scored), the
+        heatmap and Optuna's plots on the drawer. Returns what :meth:`drawn` waits for."""
+        return [self.actors[0].draw_figures.remote(config, what),
+                self.drawer.draw.remote(matrix_json, study.trials, study.directions, metric)]
 
-    def draw_figures(self, config: dict[str, Any], matrix_json: str, study, metric: str, what: str):
-        """ObjectRef of the sweep's figures (:meth:`Evaluator.draw_figures`), drawn by the first actor: it holds the
-        outputs and the sweep work (nothing is loaded again), and is idle once the last configuration is
-        scored."""
-        return self.actors[0].draw_figures.remote(config, matrix_json, study.trials, study.directions, metric, what)
+    @staticmethod
+    def drawn(refs: list):
+        """The :class:`orchestrator.tracking.figures.SweepFigures` of :meth:`draw_figures`, merged; a part whose
+        process was lost becomes a note."""
+        import ray
+
+        from orchestrator.tracking.figures import SweepFigures
+
+        figures = SweepFigures()
+        for ref, what in zip(refs, ("score figures", "heatmap and Optuna plots"), strict=True):
+            try:
+                figures = figures.merged(ray.get(ref))
+            except ray.exceptions.RayError as exc:
+                figures.notes.append(f"{what} could not be drawn: {type(exc).__name__}: {str(exc)[:300]}")
+        return figures
 
     def close(self) -> None:
         import ray
 
-        for actor in self.actors:
+        for actor in [*self.actors, *([self.drawer] if self.drawer is not None else [])]:
             ray.kill(actor)
-        self.actors = []
+        self.actors, self.drawer = [], None
 
 
 def prepares_here() -> bool:

@@ -227,12 +227,15 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     tags = {"method": method.name, "benchmark": bench.name, "paper": method.paper}
     if method.substitute:
         tags["substitute"] = method.substitute
-    # A post-hoc sweep's first evaluator starts now, and the shared network is prepared (by this driver on a
-    # one-node cluster, else by that evaluator) while MLflow opens the parent run — unless large splits must be
-    # extracted by Ray tasks first (the evaluator would hold their CPUs).
+    # A post-hoc sweep's first evaluator starts now, while MLflow opens the parent run — unless large splits must
+    # be extracted by Ray tasks first (the evaluator would hold their CPUs). The shared network is prepared once the
+    # run is open (by this driver on a one-node cluster, else by that evaluator): a preparation thread sharing the
+    # interpreter with MLflow's writes lost as long as they took (0.3 s measured), against 0.1 s for the writes alone.
     pool = preparing = None
     if prep.batch_size and not extraction.needed(bench):
-        pool, preparing = _start_pool(prep)
+        from orchestrator.sweep.batched import EvaluatorPool
+
+        pool = EvaluatorPool(prep)
     # A batched sweep's first evaluator draws its figures; a Tune sweep's driver does.
     figure_imports = None if prep.batch_size else _import_figure_libraries(opts, len(space.knobs))
     try:
@@ -243,12 +246,14 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
         raise
     if not prep.resume:
         state.write(prep, sweep_run.run_id)
+    if pool is not None:
+        preparing = pool.submit_prepare(prep.fixed)
     _say(opts, f"Sweep {prep.name}{' (resumed)' if prep.resume else ''}: {method.name} on {bench.name}"
                f"{' (smoke test)' if opts.smoke_test else ''}, {prep.num_samples} trials, ≤{prep.max_concurrent} at "
                f"once; MLflow {prep.tracking_uri} (run {sweep_run.run_id})")
     status = "FAILED"
     logger = None
-    drawing: dict = {}  # a batched sweep's figures, being drawn by its first evaluator: config, ObjectRef
+    drawing: dict = {}  # a batched sweep's figures being drawn (EvaluatorPool.draw_figures): config, refs
     result = SweepResult(prep.name, sweep_run.run_id, prep.tracking_uri, prep.experiment_path,
                          resume_command=resume_command(prep), study_storage=prep.study_storage)
     try:
@@ -256,8 +261,6 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
         if prep.batch_size:  # post-hoc knobs only: configurations in batches on evaluator actors
             pool, prepared_network = _prepared_pool(prep, pool, preparing)
             shared = pool.shared
-            if opts.figures:
-                pool.warm_figures(len(space.knobs))  # the first evaluator will draw the figures
             logger = TrialRuns(sweep_run, tags=tags)
             status_before = None  # from here on, the sweep's own outcome is what its parent run records
             grid = _run_batched(prep, pool, logger, signals, drawing if opts.figures else None)
@@ -297,10 +300,8 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
 
             stored = scores = drawn = None
             notes = []
-            if drawing.get("config") == result.best_config:  # drawn by the evaluator meanwhile
-                import ray
-
-                drawn = lambda: ray.get(drawing["figures"])  # noqa: E731
+            if drawing.get("config") == result.best_config:  # drawn meanwhile by the evaluator and the drawer
+                drawn = lambda: pool.drawn(drawing["figures"])  # noqa: E731
             else:
                 if figure_imports is not None:
                     figure_imports.join()
@@ -421,9 +422,9 @@ def _prepared_pool(prep: Prepared, pool, preparing):
 
 def _run_batched(prep: Prepared, pool, logger, signals, drawing: dict | None):
     """A post-hoc search in batches on Ray actors (see :mod:`orchestrator.sweep.batched`). With ``drawing`` (a
-    dict), the first evaluator starts drawing the sweep's figures the moment the last configuration is scored,
-    while the driver writes the last MLflow runs; ``drawing`` then holds the best configuration and the
-    ObjectRef of its :class:`orchestrator.tracking.figures.SweepFigures`."""
+    dict), the pool starts drawing the sweep's figures the moment the last configuration is scored, while the
+    driver writes the last MLflow runs; ``drawing`` then holds the best configuration and what
+    :meth:`orchestrator.sweep.batched.EvaluatorPool.drawn` waits for."""
     from orchestrator.sweep import batched
     from orchestrator.sweep.progress import BatchProgress
 
@@ -436,7 +437,7 @@ def _run_batched(prep: Prepared, pool, logger, signals, drawing: dict | None):
                f"{prep.max_concurrent} Ray actor(s) holding the shared network (--batch-size 0: one Tune trial each)")
     def draw(done, working):
         best, _ = _best(space, _finished(done))
-        if best is not None and pool.actors:
+        if best is not None and pool.actors and pool.drawer is not None:
             drawing.update(config=dict(best.config), figures=pool.draw_figures(
                 dict(best.config), best.metrics["matrix_json"], working, space.metric,
                 f"{prep.opts.method} on {prep.bench.name}"))

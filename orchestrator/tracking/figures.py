@@ -295,31 +295,45 @@ class SweepFigures:
     best_trial: bytes | None = None
     notes: list[str] = field(default_factory=list)
 
+    def merged(self, other: SweepFigures) -> SweepFigures:
+        """These figures and ``other``'s (drawn in two processes at once)."""
+        return SweepFigures({**self.parent, **other.parent}, self.best_trial or other.best_trial,
+                            self.notes + other.notes)
 
-def draw_sweep_figures(best_matrix: OODMatrix | None, scores, study, metric: str, what: str) -> SweepFigures:
-    """The figures of the module doc. ``scores``: the best configuration's (ID-test scores, {OOD set: (group,
-    scores)}) — :func:`orchestrator.trial.best_scores` — or None (its histograms and ROC curves are then skipped
-    with a note); ``study``: the sweep's Optuna study (None: no Optuna plots, the caller says why); ``what``: "knn
-    on fashion-mnist". A figure that fails becomes a note (a sweep's results matter more than its pictures)."""
+
+def draw_score_figures(scores, what: str) -> SweepFigures:
+    """The best configuration's score histograms and ROC curves from its ``scores`` — (ID-test scores, {OOD set:
+    (group, scores)}), :func:`orchestrator.trial.best_scores` — or a note when None; ``what``: "knn on
+    fashion-mnist"."""
+    drawn = SweepFigures()
+    if scores is None:
+        drawn.notes.append("best configuration's score histograms and ROC curves skipped: no scores given")
+        return drawn
+    try:
+        s_id, ood = scores
+        label = f"{what}, best configuration (test sets)"
+        drawn.parent["figures/best_score_histograms.png"] = png(histogram_figure(s_id, ood, label))
+        drawn.parent["figures/best_roc_curves.png"] = png(roc_figure(s_id, ood, f"ROC: {label}"))
+    except Exception as exc:  # noqa: BLE001
+        plt.close("all")
+        drawn.notes.append(f"best configuration's score figures failed: {type(exc).__name__}: {exc}")
+    return drawn
+
+
+def draw_result_figures(best_matrix: OODMatrix | None, study, metric: str) -> SweepFigures:
+    """The best trial's matrix heatmap and Optuna's plots of ``study`` (None: no Optuna plots, the caller says
+    why)."""
     drawn = SweepFigures()
     if best_matrix is None:
         drawn.notes.append("no finished trial: no best-trial figures")
     else:
         try:
-            drawn.parent["figures/best_ood_matrix_heatmap.png"] = png(
-                heatmap_figure(best_matrix, "Best trial: OOD metric matrix (%)"))
             drawn.best_trial = png(heatmap_figure(best_matrix))
-            if scores is None:
-                drawn.notes.append("best configuration's score histograms and ROC curves skipped: no scores given")
-            else:
-                s_id, ood = scores
-                label = f"{what}, best configuration (test sets)"
-                drawn.parent["figures/best_score_histograms.png"] = png(histogram_figure(s_id, ood, label))
-                drawn.parent["figures/best_roc_curves.png"] = png(roc_figure(s_id, ood, f"ROC: {label}"))
+            drawn.parent["figures/best_ood_matrix_heatmap.png"] = drawn.best_trial  # the same picture, drawn once
         except Exception as exc:  # noqa: BLE001
             plt.close("all")
             drawn.notes.append(f"best-trial figures failed: {type(exc).__name__}: {exc}")
-    if study is None:  # the caller could not get the study, and says why
+    if study is None:
         return drawn
     try:
         pngs, notes = draw_optuna_figures(study, metric)
@@ -331,13 +345,21 @@ def draw_sweep_figures(best_matrix: OODMatrix | None, scores, study, metric: str
     return drawn
 
 
+def draw_sweep_figures(best_matrix: OODMatrix | None, scores, study, metric: str, what: str) -> SweepFigures:
+    """Every figure of the module doc (:func:`draw_result_figures` and, for a sweep with a best trial,
+    :func:`draw_score_figures`). A figure that fails becomes a note (a sweep's results matter more than its
+    pictures)."""
+    drawn = draw_result_figures(best_matrix, study, metric)
+    return drawn.merged(draw_score_figures(scores, what)) if best_matrix is not None else drawn
+
+
 def log_sweep_figures(prep, result, client=None, study=None, scores=None, drawn=None) -> list[str]:
     """Log the sweep's figures to its parent run and its best trial's child run; returns the notes on what was
     skipped (also logged, as ``figures/notes.txt``).
 
     The figures are drawn here (:func:`draw_sweep_figures`; ``study``: the sweep's stored Optuna study, rebuilt
     from the child runs when None; ``scores`` as there) — or, with ``drawn``, elsewhere: a callable returning
-    their :class:`SweepFigures` (a batched sweep's evaluator). Never raises for a figure.
+    their :class:`SweepFigures` (a batched sweep's evaluator and figure drawer). Never raises for a figure.
     """
     from orchestrator.tracking.runs import client_for
 

@@ -1,7 +1,7 @@
 """The batched engine's evaluator pool through real Ray, with the shared outputs prepared by the driver (a one-node
 cluster) and by the first actor (a cluster of several nodes): the others hold them, a lost actor is replaced by one
 that scores alike, and the prepared outputs outlive the actors (the sweep figures read them after the pool
-closed)."""
+closed); the pool draws every sweep figure in two processes, and a lost figure drawer costs only its own figures."""
 from types import SimpleNamespace
 
 import pytest
@@ -56,6 +56,33 @@ def test_a_lost_actor_is_replaced_by_one_that_scores_alike(pool):
     ray.kill(lost)
     new = pool.pool.replace(lost)
     assert _scores(pool, new) == _scores(pool, pool.pool.actors[0])
+
+
+SWEEP_FIGURES = {f"figures/{n}.png" for n in ("best_ood_matrix_heatmap", "best_score_histograms", "best_roc_curves",
+                                                "optuna_history", "optuna_parallel_coordinate")}
+
+
+def _draw(s):
+    """The pool's figures of the first configuration and a 3-trial study (as a sweep's end asks for them)."""
+    import optuna
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("temperature", 0.5, 8.0, log=True) / 10, n_trials=3)
+    ((result, _),) = ray.get(s.pool.actors[0].run.remote(s.configs[:1]))
+    refs = s.pool.draw_figures(s.configs[0], result["matrix_json"], study, "val/auroc", "energy on digits")
+    return EvaluatorPool.drawn(refs)
+
+
+def test_the_pool_draws_every_sweep_figure(pool):
+    assert set(_draw(pool).parent) == SWEEP_FIGURES
+
+
+def test_a_lost_figure_drawer_leaves_the_score_figures_and_a_note(pool):
+    ray.kill(pool.pool.drawer)
+    drawn = _draw(pool)
+    assert (set(drawn.parent), [n.split(":")[0] for n in drawn.notes]) == (
+        {"figures/best_score_histograms.png", "figures/best_roc_curves.png"},
+        ["heatmap and Optuna plots could not be drawn"])
 
 
 def test_the_prepared_outputs_outlive_the_pool(pool):
