@@ -109,8 +109,10 @@ class Evaluator:
         self.evaluate = PosthocEvaluator(self.bench, self.settings, shared)
 
     def warm_figures(self) -> None:
-        """:func:`warm_figure_imports` (matplotlib: this actor draws the score figures)."""
-        warm_figure_imports(optuna_plots=False, importances=False)
+        """Import matplotlib at the lowest priority while this actor scores (it draws the score figures)."""
+        from orchestrator.tracking.figure_imports import warm_figure_imports
+
+        warm_figure_imports(optuna_plots=False, importances=False, low_priority=True)
 
     def draw_figures(self, config: dict[str, Any], what: str):
         """The score histograms and ROC curves of the best configuration ``config``
@@ -135,39 +137,16 @@ class Evaluator:
         return out
 
 
-def warm_figure_imports(optuna_plots: bool, importances: bool) -> None:
-    """Import the figures' libraries — matplotlib (~0.4 s), Optuna's plots, Optuna's importances (which import
-    scikit-learn, ~1 s) — on a thread at the lowest CPU priority, so that drawing later only draws: the import
-    uses what the preparation and the scoring leave of the CPUs instead of taking from them."""
-    import contextlib
-    import os
-    import sys
-    import threading
-
-    def load():
-        if sys.platform.startswith("linux"):  # a thread's own priority (elsewhere the id is no process id)
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        try:
-            if importances:
-                import optuna.importance  # noqa: F401
-            if optuna_plots:
-                import optuna.visualization.matplotlib  # noqa: F401
-
-            import orchestrator.tracking.figures  # noqa: F401
-        except Exception:  # noqa: BLE001, S110 - drawing imports them again and reports a failure
-            pass
-
-    threading.Thread(target=load, name="oodsweep-figure-imports", daemon=True).start()
-
-
 class FigureDrawer:
     """Ray actor (no CPU reserved) that draws a batched sweep's heatmap and Optuna plots while the first evaluator
     draws its score figures and the driver writes the last MLflow runs (a batched sweep's driver draws nothing)."""
 
     def warm(self, searched: int) -> None:
-        """:func:`warm_figure_imports` (importances for ``searched`` >= 2 knobs)."""
-        warm_figure_imports(optuna_plots=True, importances=searched >= 2)
+        """Import matplotlib and Optuna's plots (and importances for ``searched`` >= 2 knobs) at the lowest priority
+        while the sweep runs."""
+        from orchestrator.tracking.figure_imports import warm_figure_imports
+
+        warm_figure_imports(optuna_plots=True, importances=searched >= 2, low_priority=True)
 
     def draw(self, matrix_json: str, trials: list, directions: list, metric: str):
         """:func:`orchestrator.tracking.figures.draw_result_figures` of the best trial's matrix (JSON) and a study

@@ -327,28 +327,13 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
 
 
 def _import_figure_libraries(opts: SweepOptions, searched: int):
-    """Import what the sweep's figures need — matplotlib, Optuna's plots and, when ``searched`` knobs are enough
-    for an importance plot, its importances (which import scikit-learn): ~1.5 s in a fresh driver — on a thread
-    now, while the driver only waits for the evaluators to start, instead of after the last trial. Returns the
-    thread (joined before the figures are drawn), or None when the sweep draws none."""
-    import threading
+    """Start importing what a Tune sweep's figures need (:mod:`orchestrator.tracking.figure_imports`; importances
+    only when ``searched`` knobs are enough for their plot) on a thread now, while the driver only waits for its
+    trials, instead of after the last one; at normal priority (the driver's other threads would wait on a
+    low-priority thread holding the interpreter lock). Returns the thread, or None when the sweep draws none."""
+    from orchestrator.tracking.figure_imports import warm_figure_imports
 
-    if not opts.figures:
-        return None
-
-    def load():
-        try:
-            if searched >= 2:
-                import optuna.importance  # noqa: F401
-            import optuna.visualization.matplotlib  # noqa: F401
-
-            import orchestrator.tracking.figures  # noqa: F401
-        except Exception:  # noqa: BLE001, S110 - the figures import them again and turn a failure into a note
-            pass
-
-    thread = threading.Thread(target=load, name="oodsweep-figure-imports", daemon=True)
-    thread.start()
-    return thread
+    return warm_figure_imports(True, searched >= 2, low_priority=False) if opts.figures else None
 
 
 def _best_scores(prep: Prepared, result: SweepResult, settings, shared):
