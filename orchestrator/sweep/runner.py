@@ -229,8 +229,8 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
         tags["substitute"] = method.substitute
     # A post-hoc sweep's first evaluator starts now, while MLflow opens the parent run — unless large splits must
     # be extracted by Ray tasks first (the evaluator would hold their CPUs). The shared network is prepared once the
-    # run is open (by this driver on a one-node cluster, else by that evaluator): a preparation thread sharing the
-    # interpreter with MLflow's writes lost as long as they took (0.3 s measured), against 0.1 s for the writes alone.
+    # run is open (by this driver on a one-node cluster, else by that evaluator): opening it beside the preparation
+    # thread, which shares this interpreter, took 0.42 s instead of 0.06 s (measured), and the preparation lost it.
     pool = preparing = None
     if prep.batch_size and not extraction.needed(bench):
         from orchestrator.sweep.batched import EvaluatorPool
@@ -420,6 +420,7 @@ def _run_batched(prep: Prepared, pool, logger, signals, drawing: dict | None):
     progress = BatchProgress(space.metric, space.mode, prep.num_samples, quiet=opts.quiet)
     _say(opts, f"Post-hoc knobs only: configurations run in batches of {prep.batch_size} on "
                f"{prep.max_concurrent} Ray actor(s) holding the shared network (--batch-size 0: one Tune trial each)")
+
     def draw(done, working):
         best, _ = _best(space, _finished(done))
         if best is not None and pool.actors and pool.drawer is not None:
