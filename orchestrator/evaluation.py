@@ -52,6 +52,11 @@ class OutputStore:
         return self._mem[key]
 
 
+def splits_read(bench: Benchmark, scorer: Scorer) -> list[str]:
+    """The splits whose outputs ``scorer`` reads: every one, the training split only when it is fitted on it."""
+    return [name for name in bench.splits() if name != "id_train" or scorer.needs_fit]
+
+
 def score_split(scorer: Scorer, store: OutputStore, name: str, batch_size: int = 256) -> np.ndarray:
     """ID-ness scores of one split, from cached outputs or, for gradient scorers, from the images."""
     if scorer.uses_input_gradients:

@@ -19,7 +19,15 @@ import methods
 from methods.base import Scorer
 from orchestrator.cache import ModelCache
 from orchestrator.data.base import Benchmark
-from orchestrator.evaluation import OutputStore, evaluate, fitted_scorer, prepared_for, scores_on_test_sets, store_for
+from orchestrator.evaluation import (
+    OutputStore,
+    evaluate,
+    fitted_scorer,
+    prepared_for,
+    scores_on_test_sets,
+    splits_read,
+    store_for,
+)
 from orchestrator.knobs import Params
 from orchestrator.settings import TrialSettings, seed_everything, trial_params
 
@@ -43,7 +51,13 @@ class PosthocEvaluator:
         """Whether every output ``scorer`` reads is prepared or in the model cache (no network needed for them)."""
         fmap, known, key = scorer.reads_feature_map, self.shared["outputs"], self.shared["key"]
         return all((name, fmap) in known or self.cache.has_outputs(key, name, fmap)
-                   for name in self.bench.splits() if name != "id_train" or scorer.needs_fit)
+                   for name in splits_read(self.bench, scorer))
+
+    def _opened(self, config: Mapping[str, Any]) -> tuple[Params, OutputStore]:
+        """This process seeded for ``config``, its resolved knobs, and the store its scorer reads."""
+        seed_everything(self.settings)
+        params = trial_params(self.method, config, self.bench)
+        return params, self._open(params, self.method.scorer(params))
 
     def _open(self, params: Params, scorer: Scorer) -> OutputStore:
         """The store ``scorer`` reads: outputs only, or with the network when the scorer needs it (loaded once)."""
@@ -69,9 +83,7 @@ class PosthocEvaluator:
 
     def __call__(self, config: Mapping[str, Any]) -> dict[str, Any]:
         started = time.time()
-        seed_everything(self.settings)
-        params = trial_params(self.method, config, self.bench)
-        store = self._open(params, self.method.scorer(params))
+        params, store = self._opened(config)
         result = evaluate(self.method, params, store, self.settings.convention, self.shared)
         result.update({"model_key": self.shared["key"], "trained_model": False,
                        "trial_seconds": time.time() - started})
@@ -80,7 +92,5 @@ class PosthocEvaluator:
     def scores(self, config: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]:
         """:func:`orchestrator.evaluation.scores_on_test_sets` of ``config`` (the sweep's figures of its best
         configuration)."""
-        seed_everything(self.settings)
-        params = trial_params(self.method, config, self.bench)
-        store = self._open(params, self.method.scorer(params))
+        params, store = self._opened(config)
         return scores_on_test_sets(fitted_scorer(self.method, params, store, self.shared), store)

@@ -32,6 +32,7 @@ from orchestrator.evaluation import (
     fitted_scorer,
     prepared_for,
     scores_on_test_sets,
+    splits_read,
     store_for,
     validate,
 )
@@ -218,8 +219,7 @@ def prepare_shared(config: dict[str, Any], bench: Benchmark,
     scorer = method.scorer(params)
     with_fmap = scorer.reads_feature_map
     store = OutputStore(net.model.eval(), bench, net.device, persist=functools.partial(cache.outputs, key))
-    outputs = {(name, with_fmap): store.get(name, with_fmap) for name in bench.splits()
-               if name != "id_train" or scorer.needs_fit}
+    outputs = {(name, with_fmap): store.get(name, with_fmap) for name in splits_read(bench, scorer)}
     # Fit here only for scorers that share sweep work (fitting DMR's head or KIRBY's Grad-CAM would be wasted); the
     # work is cached with the network, named by the method and the knob values it was computed with.
     work = work_name = None

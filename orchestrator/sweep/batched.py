@@ -117,14 +117,12 @@ class Evaluator:
     def draw_figures(self, config: dict[str, Any], what: str):
         """The score histograms and ROC curves of the best configuration ``config``
         (:func:`orchestrator.tracking.figures.draw_score_figures`), drawn here, where its scores are."""
-        from orchestrator.tracking.figures import draw_score_figures
+        from orchestrator.tracking.figures import SweepFigures, draw_score_figures
 
         try:
             scores = self.evaluate.scores(config)
-        except Exception as exc:  # noqa: BLE001 - the figure is skipped with a note, the sweep goes on
-            drawn = draw_score_figures(None, what)
-            drawn.notes = [f"best configuration's scores failed: {type(exc).__name__}: {exc}"]
-            return drawn
+        except Exception as exc:  # noqa: BLE001 - the figures are skipped with a note, the sweep goes on
+            return SweepFigures(notes=[f"best configuration's scores failed: {type(exc).__name__}: {exc}"])
         return draw_score_figures(scores, what)
 
     def run(self, configs: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, str | None]]:

@@ -245,13 +245,6 @@ def draw_optuna_figures(study, metric: str) -> tuple[dict[str, bytes], list[str]
     return pngs, notes
 
 
-def log_optuna_figures(client, run_id: str, study, metric: str) -> list[str]:
-    """:func:`draw_optuna_figures`, logged to ``run_id``; returns the notes."""
-    pngs, notes = draw_optuna_figures(study, metric)
-    log_pngs(client, run_id, pngs)
-    return notes
-
-
 def _fit(fig):
     fig.set_dpi(DPI)
     fig.set_size_inches(7.0, 4.4)

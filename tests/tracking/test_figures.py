@@ -148,7 +148,8 @@ def test_importances_are_plotted_for_two_searched_knobs(trial, tmp_path):
     run_id = client.create_run(client.create_experiment("two-knobs")).info.run_id
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: t.suggest_float("a", 0, 1) - 0.1 * t.suggest_float("b", 0, 1), n_trials=8)
-    notes = figures.log_optuna_figures(client, run_id, study, "val/auroc")
+    pngs, notes = figures.draw_optuna_figures(study, "val/auroc")
+    figures.log_pngs(client, run_id, pngs)
     assert notes == []
     _png(client, run_id, "figures/optuna_param_importances.png", tmp_path)
 
