@@ -3,11 +3,12 @@ ICML 2022).
 
 Features are L2-normalised, ẑ = h/‖h‖; the bank holds the normalised fit (training) features.
 S = −‖ẑ − ẑ_(k)‖, minus the Euclidean distance to the k-th nearest bank entry (the authors' code returns the
-squared distance, which ranks identically). k is clamped to the bank size. Search is exact (faiss IndexFlatL2) by
-default, or approximate with ``index: ivf`` (faiss IndexIVFFlat: ``nlist`` k-means cells, ``nprobe`` of them
-searched per query) for banks too large for exact search; ``scripts/knn_ivf_recall.py`` measures its recall against
-exact search. Either runs on the GPU when faiss was built with GPU support (``pip install '.[gpu]'``) and CUDA is
-available.
+squared distance, which ranks identically). k is clamped to the bank size. Search is exact by default (on the CPU
+a BLAS product and a threshold selection, :mod:`methods.neighbours`, faster than faiss' IndexFlatL2 at KNN's table
+width; on the GPU faiss' GpuIndexFlatL2), or approximate with ``index: ivf`` (faiss IndexIVFFlat: ``nlist`` k-means
+cells, ``nprobe`` of them searched per query) for banks too large for exact search; ``scripts/knn_ivf_recall.py``
+measures its recall against exact search. Either runs on the GPU when faiss was built with GPU support
+(``pip install '.[gpu]'``) and CUDA is available.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from methods import register
 from methods.base import FeatureScorer, Method, Outputs
+from methods.neighbours import nearest_sq_distances
 from orchestrator.knobs import Choice, Int
 
 DEFAULT_K = 50
@@ -191,6 +193,13 @@ class KnnScorer(FeatureScorer):
         self._index = None
         return self
 
+    def _on_gpu(self) -> bool:
+        if self.use_gpu is not None:
+            return self.use_gpu
+        import faiss
+
+        return _gpu_available(faiss)
+
     def index(self):
         if self.bank_ is None:
             raise RuntimeError("KnnScorer used before fit")
@@ -219,7 +228,12 @@ class KnnScorer(FeatureScorer):
         table = _MEMO.get(key)
         if table is None or table.shape[1] < k:
             width = min(max(k, MEMO_WIDTH), len(self.bank_))
-            table = self._sharded_search(queries, width) if self._file else self.index().search(queries, width)[0]
+            if self._file:
+                table = self._sharded_search(queries, width)
+            elif self.kind == "flat" and not self._on_gpu():
+                table = nearest_sq_distances(queries, self.bank_, width)
+            else:
+                table = self.index().search(queries, width)[0]
             _MEMO[key] = table
             while len(_MEMO) > MEMO_ENTRIES:
                 _MEMO.popitem(last=False)
@@ -227,10 +241,8 @@ class KnnScorer(FeatureScorer):
         return table
 
     def _sharded_search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """Exact k-NN distances over a memory-mapped bank, one shard at a time: each shard is mapped, normalised,
-        indexed and searched, then unmapped, and the k smallest distances so far are kept."""
-        import faiss
-
+        """Exact k-NN distances over a memory-mapped bank, one shard at a time: each shard is mapped, normalised
+        and searched, then unmapped, and the k smallest distances so far are kept."""
         path, offset, shape, dtype = self._file
         best = np.full((len(queries), k), np.inf, dtype=np.float32)
         for start in range(0, shape[0], SHARD_ROWS):
@@ -239,9 +251,7 @@ class KnnScorer(FeatureScorer):
                                offset=offset + start * int(np.prod(shape[1:])) * np.dtype(dtype).itemsize)
             shard = l2_normalise(mapped)
             del mapped  # unmapped: its pages leave this process
-            index = faiss.IndexFlatL2(shard.shape[1])
-            index.add(shard)
-            found, _ = index.search(queries, min(k, rows))
+            found = nearest_sq_distances(queries, shard, min(k, rows))
             best = np.sort(np.concatenate([best, found], axis=1), axis=1)[:, :k]
         return best
 
