@@ -225,7 +225,8 @@ def prepare_shared(config: dict[str, Any], bench: Benchmark,
     work = work_name = None
     if scorer.shares_sweep_work:
         work_name = f"{method.name}-{config_key(dict(params))}"
-        work = cache.work(key, work_name, lambda: fit_scorer(scorer, store).sweep_work(store))
+        # Work small enough to ship is shipped from here and written to the cache behind (off the critical path).
+        work = cache.work(key, work_name, lambda: fit_scorer(scorer, store).sweep_work(store), behind_bytes=SHIP_BYTES)
     if sum(a.nbytes for o in outputs.values() for a in (o.logits, o.features, o.fmap) if a is not None) > SHIP_BYTES:
         outputs = {}  # trials read the cache's memory-mapped files instead (PosthocEvaluator, run_trial)
     if work is not None and sum(a.nbytes for a in work.values()) > SHIP_BYTES:

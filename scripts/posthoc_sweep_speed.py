@@ -1,11 +1,10 @@
 """How much a post-hoc sweep costs on top of one trained classifier (issue: "train once, sweep the knobs").
 
 Measures, in one run on one machine:
-  1. T_train  — training + evaluating one cross-entropy classifier (a plain `run_trial` of msp, empty cache), the
-     median of ``--repeats`` runs;
-  2. T_knn16  — a 16-trial `knn` sweep through real Ray + Optuna + MLflow reusing that classifier: the first
-     sweep that needs its training-split features (extracted here) and neighbour tables — the median of
-     ``--repeats`` runs, each on a fresh copy of the cache as the training left it;
+  1. T_train  — training + evaluating one cross-entropy classifier (a plain `run_trial` of msp, empty cache);
+  2. T_knn16  — right after it, a 16-trial `knn` sweep through real Ray + Optuna + MLflow on that classifier: its
+     first sweep, which extracts the training split's features and computes the neighbour tables; 1 and 2 are
+     repeated ``--repeats`` times, alternating (each pair on a new cache), and their medians compared;
   3. T_energy16 — the same for `energy`;
   4. a second 16-trial `knn` sweep (another name) on the same classifier: its training features are cached.
 and prints T_sweep / T_train (goal: < 0.30). Sweep times are the driver's wall time from the start of
@@ -18,7 +17,6 @@ project creates them).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import tempfile
 import time
@@ -77,19 +75,6 @@ def main() -> None:
     cache_dir = str(work / "cache")
     bench = benchmarks.load(args.benchmark)
 
-    # Training, like the first knn sweep, is timed --repeats times (each into an empty cache; the first one's is
-    # the cache the sweeps use): the ratio is of two medians.
-    trainings = []
-    for i in range(args.repeats):
-        t0 = time.perf_counter()
-        first = run_trial({}, bench, TrialSettings("msp", cache_dir=cache_dir if i == 0 else str(work / f"train-{i}"),
-                                                  threads=2, data_fingerprint=bench.fingerprint()))
-        trainings.append(time.perf_counter() - t0)
-    t_train = statistics.median(trainings)
-    print(f"train + evaluate one classifier ({args.benchmark}, {bench.recipe['epochs']} epochs): median {t_train:.1f} s"
-          f" of {len(trainings)} runs ({', '.join(f'{t:.1f}' for t in trainings)} s; near AUROC msp "
-          f"{first['near/auroc']:.3f})", flush=True)
-
     t0 = time.perf_counter()
     ray.init(num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
     t_ray = time.perf_counter() - t0
@@ -98,6 +83,7 @@ def main() -> None:
     MlflowClient(tracking).search_experiments()  # creates the MLflow store's tables
     optuna.storages.RDBStorage(f"sqlite:///{work / 'optuna.db'}")  # and the Optuna study store's, beside it
     t_stores = time.perf_counter() - t0
+
     def sweep(method: str, name: str, cache: str):
         opts = SweepOptions(method=method, benchmark=args.benchmark, num_samples=args.trials, name=name,
                             max_concurrent=args.concurrent, tracking_uri=tracking,
@@ -107,18 +93,25 @@ def main() -> None:
         res = run_sweep(prep)
         return time.perf_counter() - t0, res
 
-    # A classifier's first knn sweep, repeated on fresh copies of the cache as training left it, with KNN's
-    # in-process memo emptied (each run computes the training features and the tables again): one run moved by
-    # ±1 s on this 2-core VM; the median is reported. The first run uses the cache itself, which the later sweeps
-    # then reuse.
-    snapshot = work / "cache-after-training"
-    shutil.copytree(cache_dir, snapshot)
-    firsts = [sweep("knn", "knn", cache_dir)]
-    for i in range(1, args.repeats):
-        copy = work / f"cache-{i}"
-        shutil.copytree(snapshot, copy)
+    # --repeats times: train a classifier into an empty cache, then run its first knn sweep (which extracts the
+    # training split and computes the tables), with KNN's in-process memo emptied. Each training is timed next to
+    # the sweep it is compared with: this 2-core VM's speed drifts by 10-20 % over minutes, and timing all
+    # trainings first and all sweeps after measured that drift as part of the ratio. The ratio is of the medians.
+    trainings, firsts = [], []
+    for i in range(args.repeats):
+        cache = cache_dir if i == 0 else str(work / f"cache-{i}")  # the first is the one the later sweeps reuse
+        t0 = time.perf_counter()
+        first = run_trial({}, bench, TrialSettings("msp", cache_dir=cache, threads=2,
+                                                  data_fingerprint=bench.fingerprint()))
+        trainings.append(time.perf_counter() - t0)
         forget_memoised()
-        firsts.append(sweep("knn", f"knn-{i}", str(copy)))
+        firsts.append(sweep("knn", "knn" if i == 0 else f"knn-{i}", cache))
+    t_train = statistics.median(trainings)
+    print(f"train + evaluate one classifier ({args.benchmark}, {bench.recipe['epochs']} epochs): median {t_train:.1f} s"
+          f" of {len(trainings)} runs ({', '.join(f'{t:.1f}' for t in trainings)} s; near AUROC msp "
+          f"{first['near/auroc']:.3f})", flush=True)
+    print("each first knn sweep / the training just before it: "
+          + ", ".join(f"{e / t:.2f}" for (e, _), t in zip(firsts, trainings, strict=True)), flush=True)
     forget_memoised()  # the later sweeps read the first run's tables from its cache, as a new process would
     rows = [(f"knn (first: extracts the training split; median of {len(firsts)} runs: "
              f"{', '.join(f'{e:.1f}' for e, _ in firsts)} s)", statistics.median(e for e, _ in firsts), firsts[0][1])]

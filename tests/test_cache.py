@@ -142,6 +142,32 @@ def test_sweep_work_is_computed_once(tmp_path):
     assert len(calls) == 1
 
 
+def test_sweep_work_larger_than_behind_bytes_is_cached_when_returned(tmp_path):
+    cache = ModelCache(tmp_path)
+    cache.work("k", "knn-x", lambda: WORK, behind_bytes=8)
+    assert cache.load_work("k", "knn-x") is not None
+
+
+def test_sweep_work_written_behind_is_cached_once_written(tmp_path):
+    from orchestrator.cache import wait_for_writes
+
+    cache = ModelCache(tmp_path)
+    cache.work("k", "knn-x", lambda: WORK, behind_bytes=10**6)
+    wait_for_writes()
+    assert {n: a.tolist() for n, a in cache.load_work("k", "knn-x").items()} == {n: a.tolist() for n, a in WORK.items()}
+
+
+def test_sweep_work_being_written_behind_is_waited_for_not_computed_again(tmp_path):
+    from orchestrator.cache import wait_for_writes
+
+    cache = ModelCache(tmp_path)
+    calls = []
+    for _ in range(2):  # the second call finds the lock held by the writer, waits, and reads what it wrote
+        cache.work("k", "knn-x", lambda: calls.append(1) or WORK, behind_bytes=10**6)
+    wait_for_writes()
+    assert len(calls) == 1
+
+
 def test_damaged_sweep_work_is_computed_again(tmp_path):
     cache = ModelCache(tmp_path)
     cache.save_work("k", "knn-x", WORK)

@@ -18,6 +18,7 @@ from typing import Any
 
 import methods
 from orchestrator import search_space
+from orchestrator.cache import wait_for_writes
 from orchestrator.errors import UsageError
 from orchestrator.metrics import OODMatrix
 from orchestrator.sweep import extraction, scheduling, state, study
@@ -322,6 +323,7 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     finally:
         if pool is not None:
             pool.close()
+        wait_for_writes()  # the sweep work its preparation wrote behind (orchestrator.cache): cached when it ends
         # A resume that failed before its trials ran leaves the resumed sweep's parent run as it found it.
         sweep_run.end(status_before if status_before and status != "KILLED" else status)
 
