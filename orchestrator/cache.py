@@ -112,17 +112,26 @@ def _verified(path: Path) -> bool | None:
 _WRITING: list[threading.Thread] = []
 
 
-def _write_behind(write) -> None:
+#: Seconds :func:`wait_for_writes` waits silently before it says what it waits for.
+WRITE_WAIT_QUIET_SECONDS = 5.0
+
+
+def _write_behind(write, what: str) -> None:
     _WRITING[:] = [t for t in _WRITING if t.is_alive()]
-    thread = threading.Thread(target=write, name="oodsweep-cache-write", daemon=False)
+    thread = threading.Thread(target=write, name=what, daemon=False)
     _WRITING.append(thread)
     thread.start()
 
 
 def wait_for_writes() -> None:
-    """Return once the sweep work this process writes behind (:meth:`ModelCache.work`) is written."""
+    """Return once the sweep work this process writes behind (:meth:`ModelCache.work`) is written; after
+    :data:`WRITE_WAIT_QUIET_SECONDS`, say on stderr what is still being written (a slow or stalled filesystem)."""
     while _WRITING:
-        _WRITING.pop().join()
+        thread = _WRITING.pop()
+        thread.join(WRITE_WAIT_QUIET_SECONDS)
+        if thread.is_alive():
+            print(f"waiting for the model cache: {thread.name}", file=sys.stderr, flush=True)
+            thread.join()
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -351,7 +360,8 @@ class ModelCache:
                     self.save_work(key, name, out)
                 else:
                     lock = held.pop_all()  # released by the writer
-                    _write_behind(lambda: self._save_work_then_release(key, name, out, lock))
+                    _write_behind(lambda: self._save_work_then_release(key, name, out, lock),
+                                  f"writing sweep work {name} of network {key} to {self._work_dir(key, name)}")
         return out
 
     def _save_work_then_release(self, key: str, name: str, work: dict[str, np.ndarray], lock) -> None:

@@ -168,6 +168,19 @@ def test_sweep_work_being_written_behind_is_waited_for_not_computed_again(tmp_pa
     assert len(calls) == 1
 
 
+def test_waiting_for_a_slow_cache_write_says_what_it_waits_for(tmp_path, monkeypatch, capsys):
+    import time
+
+    from orchestrator import cache as cache_module
+
+    save = ModelCache.save_work
+    monkeypatch.setattr(ModelCache, "save_work", lambda *a: time.sleep(0.3) or save(*a))
+    monkeypatch.setattr(cache_module, "WRITE_WAIT_QUIET_SECONDS", 0.01)
+    ModelCache(tmp_path).work("k", "knn-x", lambda: WORK, behind_bytes=10**6)
+    cache_module.wait_for_writes()
+    assert "waiting for the model cache: writing sweep work knn-x of network k" in capsys.readouterr().err
+
+
 def test_damaged_sweep_work_is_computed_again(tmp_path):
     cache = ModelCache(tmp_path)
     cache.save_work("k", "knn-x", WORK)
