@@ -356,12 +356,12 @@ class ModelCache:
             out = self.load_work(key, name)
             if out is None:
                 out = compute()
-                if sum(a.nbytes for a in out.values()) > behind_bytes:
-                    self.save_work(key, name, out)
-                else:
+                if behind_bytes and sum(a.nbytes for a in out.values()) <= behind_bytes:
                     lock = held.pop_all()  # released by the writer
                     _write_behind(lambda: self._save_work_then_release(key, name, out, lock),
                                   f"writing sweep work {name} of network {key} to {self._work_dir(key, name)}")
+                else:
+                    self.save_work(key, name, out)
         return out
 
     def _save_work_then_release(self, key: str, name: str, work: dict[str, np.ndarray], lock) -> None:
