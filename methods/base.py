@@ -7,8 +7,10 @@ training outputs, then score. Every score is an ID-ness score: higher = more in-
 
 Scorers are typed by what they read from the classifier (:mod:`orchestrator.models.protocol`):
 :class:`LogitScorer` (logits), :class:`FeatureScorer` (penultimate features, and logits if it wants),
-:class:`FeatureMapScorer` (the last feature map) — all three score cached :class:`Outputs` — and
-:class:`InputGradientScorer` (gradients with respect to the input: it runs the model itself).
+:class:`HeadScorer` (features and the classifier's final layer, :class:`Head`: feature shaping, boundary
+distances), :class:`FeatureMapScorer` (the last feature map) — all four score cached :class:`Outputs` — and
+:class:`InputGradientScorer` (gradients with respect to the input: it runs the model itself). A post-hoc method
+says which in its class attribute ``reads`` (one of ``methods.registry.READS``), which ``list`` groups by.
 """
 from __future__ import annotations
 
@@ -24,14 +26,45 @@ from orchestrator.recipe import RECIPE
 from orchestrator.registry import closest
 
 
+@dataclass(frozen=True)
+class Head:
+    """The classifier's final layer as arrays, so that head-based scorers (ReAct, DICE, fDBD...) need no network.
+
+    ``logits(h) = fc_input(h) @ weight.T + bias``, where ``fc_input`` is the identity for a linear head and, when
+    ``zscore_sigma`` is set, ASCOOD's standardisation σ·(h − mean(h)) / (std(h) + 1e-6) (per sample over the
+    feature dimensions; std with Bessel's correction, as ``torch.std``). Extraction checks that these arrays
+    reproduce the network's logits before it stores them (:mod:`orchestrator.forward`).
+    """
+
+    weight: np.ndarray  # (classes, feature_dim)
+    bias: np.ndarray  # (classes,)
+    zscore_sigma: float | None = None
+
+    def fc_input(self, h: np.ndarray) -> np.ndarray:
+        """What the final linear layer multiplies: h itself, or its per-sample standardisation (ASCOOD's head)."""
+        h = np.asarray(h, dtype=np.float64)
+        if self.zscore_sigma is None:
+            return h
+        centred = h - h.mean(axis=1, keepdims=True)
+        std = centred.std(axis=1, ddof=1, keepdims=True) if h.shape[1] > 1 else np.zeros((len(h), 1))
+        return self.zscore_sigma * centred / (std + 1e-6)
+
+    def logits(self, h: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+        """Logits of (shaped) features h, in float64; ``weight`` replaces the layer's (DICE's masked weight)."""
+        w = np.asarray(self.weight if weight is None else weight, dtype=np.float64)
+        return self.fc_input(h) @ w.T + np.asarray(self.bias, dtype=np.float64)
+
+
 @dataclass
 class Outputs:
-    """What a trained classifier produced on one split: logits z, penultimate h, optional last feature map."""
+    """What a trained classifier produced on one split: logits z, penultimate h, optional last feature map, and
+    the final layer (:class:`Head`; None where extraction could not describe it as arrays)."""
 
     logits: np.ndarray
     features: np.ndarray
     labels: np.ndarray | None = None
     fmap: np.ndarray | None = None
+    head: Head | None = None
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -40,7 +73,7 @@ class Outputs:
         def pick(a):
             return None if a is None else a[index]
 
-        return Outputs(self.logits[index], self.features[index], pick(self.labels), pick(self.fmap))
+        return Outputs(self.logits[index], self.features[index], pick(self.labels), pick(self.fmap), self.head)
 
 
 # ---------------------------------------------------------------------------------------------- scorers
@@ -49,6 +82,9 @@ class Scorer:
 
     #: True when :meth:`fit` uses training outputs (the evaluator then extracts them).
     needs_fit: ClassVar[bool] = False
+    #: The split :meth:`fit` reads when :attr:`needs_fit`: the training split, or ``"id_val"`` for a scorer whose
+    #: paper fits on held-out ID data (temperature scaling's NLL): never an OOD or test split.
+    fit_split: ClassVar[str] = "id_train"
     #: True when :meth:`fit` also needs the training images (keyword ``images``: uint8 (N, C, H, W)),
     #: e.g. KIRBY, which erases and inpaints them.
     needs_train_images: ClassVar[bool] = False
@@ -102,6 +138,20 @@ class FeatureScorer(Scorer):
     """Reads :attr:`Outputs.features`, the penultimate features h (and may read the logits too: ViM)."""
 
 
+class HeadScorer(FeatureScorer):
+    """Reads the penultimate features and the classifier's final layer (:attr:`Outputs.head`, cached with the
+    outputs): feature shaping scored through the head (ReAct, ASH, DICE), distances to decision boundaries (fDBD)."""
+
+    @staticmethod
+    def head_of(outputs: Outputs, method: str) -> Head:
+        """``outputs.head``, or a ValueError saying why a head-based method cannot score this network."""
+        if outputs is None or outputs.head is None:
+            raise ValueError(f"{method} reads the classifier's final layer, but these outputs carry none: the "
+                             f"network's logits are not a linear layer of its penultimate features (nor ASCOOD's "
+                             f"z-scored one), so {method} cannot score it")
+        return outputs.head
+
+
 class FeatureMapScorer(Scorer):
     """Reads :attr:`Outputs.fmap`, the last feature map (N, C, H, W) — extracted only for such scorers (CSD)."""
 
@@ -130,6 +180,9 @@ class Method:
     name: ClassVar[str] = ""
     #: Short citation shown by ``list`` and logged to MLflow.
     paper: ClassVar[str] = ""
+    #: What a post-hoc method reads of the classifier by default, one of ``methods.registry.READS`` (``list``
+    #: groups by it; a contract test checks it against the scorer's type). Methods that train leave it empty.
+    reads: ClassVar[str] = ""
     #: Set when the implementation substitutes something the paper needs (logged as tag ``substitute``).
     substitute: ClassVar[str | None] = None
     #: Every knob this method's trainer and scorer read, besides the recipe's (``orchestrator.recipe.RECIPE``).

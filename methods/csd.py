@@ -171,6 +171,7 @@ def csd_from_params(params) -> CSDScorer:
 
 @register("csd")
 class CSD(Method):
+    reads = "feature map"
     paper = "MODE: Multi-scale OOD DEtection (cross-scale decision), IEEE TIP 2023"
     knobs = CSD_KNOBS
 

@@ -50,6 +50,7 @@ class DMRScorer(RejectionScorer):
 
 @register("dmr")
 class DMR(Method):
+    reads = "features"
     paper = "Choi & Na, Disentangling Marginal Representations for Out-of-Distribution Detection, CVPRW 2024"
     substitute = SUBSTITUTE
     knobs = (

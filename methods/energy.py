@@ -22,6 +22,7 @@ class EnergyScorer(LogitScorer):
 
 @register("energy")
 class Energy(Method):
+    reads = "logits"
     paper = "Liu et al., Energy-based Out-of-distribution Detection, NeurIPS 2020"
     knobs = (Float("temperature", 1.0, gt=0, help="T in T·logsumexp(z/T)"),)
 

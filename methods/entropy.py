@@ -21,6 +21,7 @@ class EntropyScorer(LogitScorer):
 
 @register("entropy")
 class Entropy(Method):
+    reads = "logits"
     paper = "Negative predictive (Shannon) entropy of the softmax; standard baseline (pytorch-ood Entropy detector)"
 
     def scorer(self, params):

@@ -41,6 +41,7 @@ class IodinScorer(OdinScorer):
 
 @register("iodin")
 class Iodin(Method):
+    reads = "network"
     paper = "Regmi, Going Beyond Conventional OOD Detection (ASCOOD, i-ODIN), arXiv 2411.10794"
     knobs = (Float("temperature", DEFAULT_TEMPERATURE, gt=0, help="softmax temperature T"),
              Float("epsilon", DEFAULT_EPSILON, ge=0,

@@ -66,6 +66,7 @@ class KirbyScorer(RejectionScorer):
 
 @register("kirby")
 class Kirby(Method):
+    reads = "network"
     paper = "Kwon et al., KIRBY: virtual outliers from class-discriminative region erasing, AAAI 2023"
     substitute = SUBSTITUTE
     knobs = (

@@ -58,6 +58,7 @@ class KLMatchingScorer(LogitScorer):
 
 @register("klmatching")
 class KLMatching(Method):
+    reads = "logits"
     paper = "Hendrycks et al., Scaling Out-of-Distribution Detection for Real-World Settings, ICML 2022"
 
     def scorer(self, params):

@@ -274,6 +274,7 @@ class KnnScorer(FeatureScorer):
 
 @register("knn")
 class Knn(Method):
+    reads = "features"
     paper = "Sun et al., Out-of-Distribution Detection with Deep Nearest Neighbors, ICML 2022"
     knobs = (Int("k", DEFAULT_K, ge=1, help="the k-th nearest training feature (clamped to the bank size)"),
              Choice("index", "flat", ("flat", "ivf"),

@@ -110,6 +110,7 @@ class MahalanobisScorer(InputGradientScorer, FeatureScorer):
 
 @register("mahalanobis")
 class Mahalanobis(Method):
+    reads = "features"
     paper = ("Lee et al., A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial "
              "Attacks, NeurIPS 2018")
     knobs = (Float("epsilon", DEFAULT_EPSILON, ge=0, help="input perturbation size ε (0: score cached features)"),

@@ -17,6 +17,7 @@ class MaxLogitScorer(LogitScorer):
 
 @register("maxlogit")
 class MaxLogit(Method):
+    reads = "logits"
     paper = "Hendrycks et al., Scaling Out-of-Distribution Detection for Real-World Settings, ICML 2022"
 
     def scorer(self, params):

@@ -20,6 +20,7 @@ class MSPScorer(LogitScorer):
 
 @register("msp")
 class MSP(Method):
+    reads = "logits"
     paper = "Hendrycks & Gimpel, A Baseline for Detecting Misclassified and OOD Examples, ICLR 2017"
 
     def scorer(self, params):

@@ -101,6 +101,7 @@ class OdinScorer(InputGradientScorer, LogitScorer):
 
 @register("odin")
 class Odin(Method):
+    reads = "network"
     paper = ("Liang, Li & Srikant, Enhancing the Reliability of Out-of-distribution Image Detection in Neural "
              "Networks, ICLR 2018")
     knobs = (Float("temperature", DEFAULT_TEMPERATURE, gt=0, help="softmax temperature T"),

@@ -10,6 +10,13 @@ from typing import Any
 
 from orchestrator.registry import NotStatic, Registry, static_attribute
 
+#: What a post-hoc method reads of the classifier (``Method.reads``), in the order ``list`` shows them: cached
+#: logits; cached penultimate features (and logits); features and the final layer's weight and bias (cached with the
+#: outputs, :class:`Head`); the cached last feature map; the network itself (input gradients, training images,
+#: intermediate blocks).
+READS = ("logits", "features", "head", "feature map", "network")
+
+
 METHODS = Registry("method", "methods", skip=("base", "registry"))
 #: Class decorator: ``@register("name")`` makes a Method subclass reachable as ``name``.
 register = METHODS.register
@@ -17,7 +24,8 @@ register = METHODS.register
 
 @functools.lru_cache(maxsize=1)
 def catalog() -> list[dict[str, Any]]:
-    """name, module, paper, substitute, kind (post-hoc / trains / fine-tunes) and declared knobs of every method,
+    """name, module, paper, substitute, kind (post-hoc / trains / fine-tunes), what a post-hoc method reads (one of
+    :data:`READS`; "" for a method that trains) and declared knobs of every method,
     read from the modules' source without importing them — so ``python -m orchestrator list`` starts without
     torch. A test checks that this matches the imported classes."""
     rows = []
@@ -32,5 +40,6 @@ def catalog() -> list[dict[str, Any]]:
         rows.append({"name": name, "module": entry.module.rsplit(".", 1)[-1],
                      "paper": static_attribute(entry, "paper", "") or "",
                      "substitute": static_attribute(entry, "substitute", None) or "", "kind": kind,
+                     "reads": static_attribute(entry, "reads", "") or "",
                      "knobs": knobs, "error": error})
     return rows

@@ -1,12 +1,14 @@
 """ViM — Virtual-logit Matching (Wang, Li, Feng & Zhang, ViM: Out-Of-Distribution with Virtual-logit Matching,
 CVPR 2022).
 
-Fit (training features h, logits z, and the final linear layer W, b):
+Fit (training features h, logits z, and the final linear layer W, b, cached with the outputs — :class:`Head`):
     u = −W⁺b (the origin of the logit space in feature coordinates);
     P = top-D principal directions of (h − u), eigenvectors of the uncentred covariance (h − u)ᵀ(h − u)/N;
     r(x) = ‖(I − PPᵀ)(h − u)‖ (residual norm);  α = mean_train max_c z_c / mean_train r.
 Score: S = logsumexp(z) − α·r (energy minus the scaled residual, the virtual logit's effect).
 If D ≥ feature dim the residual is identically 0 and S reduces to the energy logsumexp(z).
+h is what the final linear layer multiplies (``Head.fc_input``): the penultimate feature itself, or its
+standardisation for ASCOOD's z-scored head, the space in which u = −W⁺b is the logits' origin.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from methods import register
-from methods.base import FeatureScorer, Method, Outputs
+from methods.base import Head, HeadScorer, Method, Outputs
 from orchestrator.knobs import Int
 
 
@@ -30,9 +32,9 @@ def check_dim(dim) -> int | None:
     return int(dim)
 
 
-class VimScorer(FeatureScorer):
-    """``VimScorer(dim)`` takes W, b from ``model.head.fc`` at fit; ``VimScorer(dim, weight=W, bias=b)`` needs no
-    model."""
+class VimScorer(HeadScorer):
+    """``VimScorer(dim)`` takes W, b from the fit outputs' :class:`Head` (else from ``model.head.fc``);
+    ``VimScorer(dim, weight=W, bias=b)`` uses those, on h as it is."""
 
     needs_fit = True  # reads the features and the logits
 
@@ -46,26 +48,23 @@ class VimScorer(FeatureScorer):
         self.residual_basis_: np.ndarray | None = None  # columns span the complement of the top-D subspace
         self.alpha_: float | None = None
         self.dim_: int | None = None  # D actually used
+        self.head_: Head | None = None
 
-    @property
-    def reads_network(self) -> bool:
-        return self.weight is None  # W and b come from the model's last layer
-
-    def _linear_layer(self, model):
+    def _head(self, train: Outputs, model) -> Head:
         if self.weight is not None:
-            return self.weight, self.bias
-        fc = getattr(getattr(model, "head", None), "fc", None)
-        if fc is None:
-            raise ValueError("vim needs the final linear layer: pass a model with head.fc, or weight= and bias=")
-        weight = fc.weight.detach().double().cpu().numpy()
-        bias = fc.bias.detach().double().cpu().numpy() if fc.bias is not None else np.zeros(weight.shape[0])
-        return weight, bias
+            return Head(self.weight, self.bias)
+        if train.head is None and getattr(getattr(model, "head", None), "fc", None) is not None:
+            fc = model.head.fc  # outputs extracted without their head (a notebook's own Outputs)
+            bias = fc.bias.detach().double().cpu().numpy() if fc.bias is not None else np.zeros(fc.out_features)
+            return Head(fc.weight.detach().double().cpu().numpy(), bias, getattr(model.head, "zscore_sigma", None))
+        return self.head_of(train, "vim")
 
     def fit(self, train: Outputs, model=None) -> VimScorer:
         if train is None or len(train) == 0:
             raise ValueError("vim needs fit outputs (training features and logits)")
-        weight, bias = self._linear_layer(model)
-        h = np.asarray(train.features, dtype=np.float64)
+        self.head_ = self._head(train, model)
+        weight, bias = np.asarray(self.head_.weight, np.float64), np.asarray(self.head_.bias, np.float64)
+        h = self.head_.fc_input(train.features)
         feature_dim = h.shape[1]
         if weight.shape[1] != feature_dim:
             raise ValueError(f"vim: final layer expects {weight.shape[1]}-d features, fit features are {feature_dim}-d")
@@ -89,7 +88,7 @@ class VimScorer(FeatureScorer):
     def residual(self, features: np.ndarray) -> np.ndarray:
         if self.u_ is None:
             raise RuntimeError("VimScorer used before fit")
-        return np.linalg.norm((np.asarray(features, dtype=np.float64) - self.u_) @ self.residual_basis_, axis=1)
+        return np.linalg.norm((self.head_.fc_input(features) - self.u_) @ self.residual_basis_, axis=1)
 
     def score(self, outputs: Outputs) -> np.ndarray:
         energy = logsumexp(np.asarray(outputs.logits, dtype=np.float64), axis=1)
@@ -98,6 +97,7 @@ class VimScorer(FeatureScorer):
 
 @register("vim")
 class Vim(Method):
+    reads = "head"
     paper = "Wang et al., ViM: Out-Of-Distribution with Virtual-logit Matching, CVPR 2022"
     knobs = (Int("dim", None, ge=1, optional=True,
                  help="principal subspace dimension D (null: half the feature width)"),)

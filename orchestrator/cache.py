@@ -5,7 +5,8 @@ Layout under the cache root (``--cache-dir``, ``$OODSWEEP_CACHE`` or ``~/.cache/
     models/<key>/model.pt        state dict (loaded with weights_only=True)
     models/<key>/model.pt.sha256 its checksum, written after it: an entry without one is not complete
     models/<key>/meta.json       the training config that produced it
-    models/<key>/outputs/<split>[+fmap]/  logits.npy, features.npy (labels.npy, fmap.npy), manifest.json — each with
+    models/<key>/outputs/<split>[+fmap]/  logits.npy, features.npy (labels.npy, fmap.npy, head_weight.npy,
+                                 head_bias.npy), manifest.json (which also holds the head's z-score σ) — each with
                                  its .sha256; loaded memory-mapped
     models/<key>/work/<name>/    a post-hoc scorer's sweep work on these outputs (KNN's neighbour tables): a0.npy,
                                  a1.npy... and manifest.json naming each array; checksummed and memory-mapped alike
@@ -39,10 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from methods.base import Outputs
+from methods.base import Head, Outputs
 
 #: The file that completes an outputs entry (written after its arrays).
 MANIFEST = "manifest.json"
+#: The manifest field of an outputs entry describing the network's head (null: not describable as arrays).
+HEAD = "head"
+
+
+def _head_manifest(head: Head | None) -> dict[str, Any]:
+    return {HEAD: None if head is None else {"zscore_sigma": head.zscore_sigma}}
 
 
 def default_root() -> Path:
@@ -149,17 +156,19 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def _save_arrays(folder: Path, arrays: dict[str, np.ndarray], names: dict[str, str] | None = None) -> None:
+def _save_arrays(folder: Path, arrays: dict[str, np.ndarray], names: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
     """One checksummed ``.npy`` per array (file stem = key), then the manifest listing them (and ``names``: stem →
-    the caller's name for it)."""
+    the caller's name for it; ``extra``: more manifest fields)."""
     for stem, array in arrays.items():
         _write_checksummed(folder / f"{stem}.npy", lambda f, a=array: np.save(f, np.asarray(a)))
-    _write_manifest(folder, list(arrays), names)
+    _write_manifest(folder, list(arrays), names, extra)
 
 
-def _write_manifest(folder: Path, stems: list[str], names: dict[str, str] | None = None) -> None:
+def _write_manifest(folder: Path, stems: list[str], names: dict[str, str] | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
     """The manifest of an entry whose arrays are written: an entry is complete only once it is there."""
-    manifest = {"arrays": stems, **({"names": names} if names is not None else {})}
+    manifest = {"arrays": stems, **({"names": names} if names is not None else {}), **(extra or {})}
     _write_checksummed(folder / MANIFEST, lambda f: f.write(json.dumps(manifest).encode()))
 
 
@@ -286,8 +295,12 @@ class ModelCache:
         found = _load_arrays(self._outputs_dir(key, split, with_fmap), "outputs")
         if found is None:
             return None
-        arrays, _ = found
-        return Outputs(arrays["logits"], arrays["features"], arrays.get("labels"), arrays.get("fmap"))
+        arrays, meta = found
+        if HEAD not in meta:  # written before heads were cached with the outputs: extracted again
+            return None
+        head = None if meta[HEAD] is None else Head(arrays["head_weight"], arrays["head_bias"],
+                                                     meta[HEAD]["zscore_sigma"])
+        return Outputs(arrays["logits"], arrays["features"], arrays.get("labels"), arrays.get("fmap"), head)
 
     @staticmethod
     def shard_name(split: str, start: int, stop: int) -> str:
@@ -302,6 +315,10 @@ class ModelCache:
             raise RuntimeError(f"shards of {split} missing from the cache while merging ({key})")
         folder = self._outputs_dir(key, split, with_fmap)
         names = [n for n in ("logits", "features", "labels", "fmap") if getattr(parts[0], n) is not None]
+        head = parts[0].head  # the same network's: every shard carries it
+        if head is not None:
+            for name, array in (("head_weight", head.weight), ("head_bias", head.bias)):
+                _write_checksummed(folder / f"{name}.npy", lambda f, a=array: np.save(f, np.asarray(a)))
         for name in names:
             first = getattr(parts[0], name)
             rows = sum(len(getattr(p, name)) for p in parts)
@@ -313,7 +330,8 @@ class ModelCache:
                     f.write(np.ascontiguousarray(getattr(p, name)).tobytes())
 
             _write_checksummed(folder / f"{name}.npy", write)
-        _write_manifest(folder, names)
+        _write_manifest(folder, names + (["head_weight", "head_bias"] if head is not None else []), None,
+                        _head_manifest(head))
         for name in shards:
             shutil.rmtree(self._outputs_dir(key, name, with_fmap), ignore_errors=True)
         with open(self.root / "extracted.log", "a") as log:
@@ -321,8 +339,14 @@ class ModelCache:
 
     def has_outputs(self, key: str, split: str, with_fmap: bool) -> bool:
         """Whether a complete entry is there (its manifest and the manifest's checksum are written), without
-        hashing its arrays: they are verified when the entry is loaded (a damaged one is extracted again then)."""
-        return _written(self._outputs_dir(key, split, with_fmap) / MANIFEST)
+        hashing its arrays: they are verified when the entry is loaded (a damaged one is extracted again then). An
+        entry written before heads were cached with the outputs is not complete."""
+        manifest = self._outputs_dir(key, split, with_fmap) / MANIFEST
+        if not _written(manifest):
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            return HEAD in json.loads(manifest.read_text())
+        return False
 
     def save_outputs(self, key: str, split: str, with_fmap: bool, out: Outputs) -> None:
         """One ``.npy`` per array (each checksummed), then the manifest naming them."""
@@ -331,7 +355,9 @@ class ModelCache:
             arrays["labels"] = out.labels
         if out.fmap is not None:
             arrays["fmap"] = out.fmap
-        _save_arrays(self._outputs_dir(key, split, with_fmap), arrays)
+        if out.head is not None:
+            arrays.update(head_weight=out.head.weight, head_bias=out.head.bias)
+        _save_arrays(self._outputs_dir(key, split, with_fmap), arrays, None, _head_manifest(out.head))
         with open(self.root / ("shards.log" if "@" in split else "extracted.log"), "a") as log:
             log.write(json.dumps({"key": key, "split": split, "fmap": with_fmap}) + "\n")
 

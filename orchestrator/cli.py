@@ -110,21 +110,41 @@ def _cmd_sweep(args) -> int:
     return 0 if result.best_matrix is not None else 1
 
 
+#: ``list``'s words for each of ``methods.registry.READS``.
+READ_LABELS = {"logits": "the logits", "features": "the penultimate features (and logits)",
+               "head": "the features and the final layer (weight and bias, cached with the outputs)",
+               "feature map": "the last feature map (cached)",
+               "network": "the network itself (input gradients, training images or intermediate blocks)"}
+
+
 def _cmd_list(args) -> int:
     """Everything registered, read from source: no torch, no Ray."""
     import methods
+    from methods.registry import READS
     from orchestrator import data, search_space
     from orchestrator.models import BACKBONES
     from orchestrator.recipe import RECIPE
 
-    print("Methods (python -m orchestrator sweep <method>), with their declared knobs:")
-    for m in methods.catalog():
-        sub = f" [substitute: {m['substitute']}]" if m["substitute"] else ""
-        print(f"  {m['name']:<12} {m['kind']:<10} {m['paper']}{sub}")
-        for knob in m["knobs"]:
-            print(f"      {knob.describe()}")
-        if m["error"]:
-            print(f"      INVALID declaration: {m['error']}")
+    print("Methods (python -m orchestrator sweep <method>), by what they read of the classifier, with their declared "
+          "knobs:")
+    catalog = methods.catalog()
+    posthoc = [m for m in catalog if m["kind"] == "post-hoc"]
+    groups = [(f"Post-hoc, reading {READ_LABELS[reads]}:", [m for m in posthoc if m["reads"] == reads])
+              for reads in READS]
+    groups.append(("Post-hoc, reading what they do not declare (set the class attribute reads):",
+                   [m for m in posthoc if m["reads"] not in READS]))
+    groups.append(("Training their own network (trains: from scratch; fine-tunes: the cross-entropy classifier):",
+                   [m for m in catalog if m["kind"] != "post-hoc"]))
+    for title, rows in groups:
+        if rows:
+            print(f"\n {title}")
+        for m in rows:
+            sub = f" [substitute: {m['substitute']}]" if m["substitute"] else ""
+            print(f"  {m['name']:<12} {m['kind']:<10} {m['paper']}{sub}")
+            for knob in m["knobs"]:
+                print(f"      {knob.describe()}")
+            if m["error"]:
+                print(f"      INVALID declaration: {m['error']}")
     print("\nRecipe knobs (every method; a benchmark sets their values; all retrain):")
     for knob in RECIPE:
         print(f"      {knob.describe()}")

@@ -54,7 +54,12 @@ class OutputStore:
 
 def splits_read(bench: Benchmark, scorer: Scorer) -> list[str]:
     """The splits whose outputs ``scorer`` reads: every one, the training split only when it is fitted on it."""
-    return [name for name in bench.splits() if name != "id_train" or scorer.needs_fit]
+    return [name for name in bench.splits() if name != "id_train" or fits_on_train(scorer)]
+
+
+def fits_on_train(scorer: Scorer) -> bool:
+    """Whether fitting ``scorer`` reads the training split (whose extraction is otherwise skipped)."""
+    return scorer.needs_fit and scorer.fit_split == "id_train"
 
 
 def score_split(scorer: Scorer, store: OutputStore, name: str, batch_size: int = 256) -> np.ndarray:
@@ -79,13 +84,15 @@ def fit_scorer(scorer: Scorer, store: OutputStore, max_train: int | None = None)
     """Fit on training outputs (a seeded subsample of at most ``max_train`` when given)."""
     if not scorer.needs_fit:
         return scorer.fit(None, store.model)
-    train = store.get("id_train", with_fmap=scorer.reads_feature_map)
+    if scorer.fit_split not in ("id_train", "id_val"):
+        raise ValueError(f"{type(scorer).__name__}.fit_split must be id_train or id_val, not {scorer.fit_split!r}")
+    train = store.get(scorer.fit_split, with_fmap=scorer.reads_feature_map)
     index = np.arange(len(train))
     if max_train is not None and len(train) > max_train:
         index = np.sort(np.random.default_rng(0).choice(len(train), max_train, replace=False))
         train = train.subset(index)
     if scorer.needs_train_images:
-        return scorer.fit(train, store.model, images=store.bench.id_train.x[index])
+        return scorer.fit(train, store.model, images=store.bench.splits()[scorer.fit_split].x[index])
     return scorer.fit(train, store.model)
 
 

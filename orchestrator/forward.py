@@ -10,7 +10,7 @@ import os
 import numpy as np
 import torch
 
-from methods.base import Outputs
+from methods.base import Head, Outputs
 from orchestrator.data.base import Split
 from orchestrator.data.lazy import ImageFiles
 from orchestrator.training import to_float
@@ -37,8 +37,30 @@ def extract(model, split: Split, device, with_fmap: bool = False, batch_size: in
                 raise ValueError("this scorer reads the last feature map, but the model gives none: adapt it with "
                                  "feature_map=<layer name> (orchestrator.models.protocol.adapt)")
             fmaps.append(fmap.float().contiguous().cpu().numpy())
-    return Outputs(np.concatenate(logits), np.concatenate(feats), split.y,
-                   np.concatenate(fmaps) if with_fmap else None)
+    z, h = np.concatenate(logits), np.concatenate(feats)
+    return Outputs(z, h, split.y, np.concatenate(fmaps) if with_fmap else None, head_arrays(model, z, h))
+
+
+#: How far W·h + b may be from the network's own logits (relative to their scale) for the arrays to stand for its
+#: head: float32 rounding is ~1e-6; a head with any other layer after the features is far off.
+HEAD_TOLERANCE = 1e-3
+
+
+def head_arrays(model, logits: np.ndarray, features: np.ndarray, rows: int = 256) -> Head | None:
+    """The final layer ``model.head.fc`` (and ASCOOD's ``head.zscore_sigma``) as a :class:`Head`, once its arrays
+    reproduce the logits of the first ``rows`` samples; None otherwise (a head that is not linear in h, e.g. an MLP
+    named as the head's input): head-based scorers then say they cannot score this network."""
+    fc = getattr(getattr(model, "head", None), "fc", None)
+    if not isinstance(fc, torch.nn.Linear):
+        return None
+    weight = fc.weight.detach().float().cpu().numpy()
+    bias = fc.bias.detach().float().cpu().numpy() if fc.bias is not None else np.zeros(len(weight), np.float32)
+    sigma = getattr(model.head, "zscore_sigma", None)
+    head = Head(weight, bias, None if sigma is None else float(sigma))
+    z = np.asarray(logits[:rows], dtype=np.float64)
+    if len(z) and np.abs(head.logits(features[:rows]) - z).max() > HEAD_TOLERANCE * (1.0 + np.abs(z).max()):
+        return None
+    return head
 
 
 class _Slices(torch.utils.data.Dataset):

@@ -29,6 +29,7 @@ from orchestrator.evaluation import (
     OutputStore,
     evaluate,
     fit_scorer,
+    fits_on_train,
     fitted_scorer,
     prepared_for,
     scores_on_test_sets,
@@ -240,7 +241,8 @@ def prepare_network(config: dict[str, Any], bench: Benchmark, settings: TrialSet
     extracted) — the first step of a sharded extraction."""
     net = network_for(config, bench, settings)
     scorer = net.method.scorer(net.params)
-    return {"key": net.key, "trained": net.trained, "with_fmap": scorer.reads_feature_map, "fits": scorer.needs_fit}
+    return {"key": net.key, "trained": net.trained, "with_fmap": scorer.reads_feature_map,
+            "fits": fits_on_train(scorer)}
 
 
 def extract_shard(config: dict[str, Any], bench: Benchmark, settings: TrialSettings, split: str, start: int,

@@ -76,6 +76,11 @@ class ZScoreHead(nn.Module):
         self.fc = nn.Linear(dim, num_classes)
         self.sigma = float(sigma)
 
+    @property
+    def zscore_sigma(self) -> float:
+        """σ, which the cached :class:`methods.base.Head` carries so head-based scorers can apply this head."""
+        return self.sigma
+
     def forward(self, h):
         h = h - h.mean(dim=1, keepdim=True)
         h = self.sigma * h / (h.std(dim=1, keepdim=True) + 1e-6)

@@ -26,8 +26,9 @@ class OODClassifier(Protocol):
     num_classes: int
     #: Width of the penultimate feature h (KNN's, Mahalanobis', ViM's space).
     feature_dim: int
-    #: The final layer; ``head.fc`` is its ``nn.Linear`` (ViM reads its weight and bias, ASCOOD gives it its own
-    #: learning rate).
+    #: The final layer; ``head.fc`` is its ``nn.Linear``, whose weight and bias extraction caches with the outputs
+    #: (:class:`methods.base.Head`: ViM, ReAct, DICE, fDBD... read them), and ASCOOD gives its own learning rate. A
+    #: head that standardises h first (ASCOOD's) says so with ``head.zscore_sigma``.
     head: nn.Module
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
