@@ -54,6 +54,8 @@ def head_arrays(model, logits: np.ndarray, features: np.ndarray, rows: int = 256
     if not isinstance(fc, torch.nn.Linear):
         return None
     weight = fc.weight.detach().float().cpu().numpy()
+    if weight.shape != (logits.shape[1], features.shape[1]):
+        return None
     bias = fc.bias.detach().float().cpu().numpy() if fc.bias is not None else np.zeros(len(weight), np.float32)
     sigma = getattr(model.head, "zscore_sigma", None)
     head = Head(weight, bias, None if sigma is None else float(sigma))

@@ -79,6 +79,32 @@ def test_help_and_list(tmp_path):
     assert "temperature: float > 0 = 1.0" in res.stdout  # energy's declared knob, read from source
 
 
+def _list_groups(capsys) -> dict[str, set[str]]:
+    """``list``'s method groups: {group title: the method names under it}."""
+    from orchestrator.cli import main
+
+    main(["list"])
+    groups: dict[str, set[str]] = {}
+    title = None
+    for line in capsys.readouterr().out.split("\nRecipe knobs")[0].splitlines():
+        if line.startswith(" ") and not line.startswith("  "):
+            title = line.strip()
+            groups[title] = set()
+        elif title and line.startswith("  ") and not line.startswith("      "):
+            groups[title].add(line.split()[0])
+    return groups
+
+
+@pytest.mark.parametrize("name, title_starts", [("msp", "Post-hoc, reading the logits"),
+                                                ("knn", "Post-hoc, reading the penultimate features"),
+                                                ("vim", "Post-hoc, reading the features and the final layer"),
+                                                ("csd", "Post-hoc, reading the last feature map"),
+                                                ("odin", "Post-hoc, reading the network itself"),
+                                                ("ascood", "Training their own network")])
+def test_list_groups_methods_by_what_they_read(capsys, name, title_starts):
+    assert [t for t, names in _list_groups(capsys).items() if name in names][0].startswith(title_starts)
+
+
 def test_list_imports_neither_torch_nor_ray(tmp_path):
     code = ("import sys; from orchestrator.cli import main; main(['list']); "
             "print('HEAVY', sorted(m for m in ('torch', 'ray', 'numpy', 'mlflow') if m in sys.modules))")

@@ -1,6 +1,6 @@
 """A post-hoc evaluator (a batched sweep's Ray actor) scores from prepared outputs alone: for a scorer that reads
-outputs only it neither loads the network nor imports PyTorch, and scores as a trial does; a scorer that reads
-the network (ViM: the last layer's weights) gets it. Each case runs in a fresh interpreter, as an evaluator does."""
+outputs only — ViM too, whose last-layer weights are cached with the outputs — it neither loads the network nor
+imports PyTorch, and scores as a trial does; a scorer that reads the network (ODIN: input gradients) gets it. Each case runs in a fresh interpreter, as an evaluator does."""
 import json
 import subprocess
 import sys
@@ -12,7 +12,7 @@ from orchestrator.trial import TrialSettings, run_trial, shared_outputs
 
 pytestmark = pytest.mark.integration
 
-CONFIGS = {"knn": {"epochs": 1, "k": 5}, "vim": {"epochs": 1}}
+CONFIGS = {"knn": {"epochs": 1, "k": 5}, "vim": {"epochs": 1}, "odin": {"epochs": 1}}
 
 EVALUATOR = """
 import json, sys
@@ -51,7 +51,7 @@ def evaluated(request, prepared):
 
 def test_pytorch_is_imported_only_for_a_scorer_that_reads_the_network(evaluated):
     method, report, _ = evaluated
-    assert report["torch"] == (method == "vim")
+    assert report["torch"] == (method == "odin")
 
 
 def test_the_evaluator_scores_as_a_trial_does(evaluated):

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import methods
+from methods.base import FeatureMapScorer, FeatureScorer, HeadScorer, LogitScorer
+from methods.registry import READS
 from orchestrator import search_space
 from orchestrator.evaluation import OutputStore, fit_scorer, score_split
 from orchestrator.knobs import check_value
@@ -31,6 +33,32 @@ def test_catalog_kind_matches_the_class(name):
     method = methods.get(name)
     kind = "fine-tunes" if method.finetunes else "trains" if method.trains() else "post-hoc"
     assert CATALOG[name]["kind"] == kind
+
+
+def _what_it_reads(scorer) -> str:
+    if scorer.reads_network:
+        return "network"
+    for base, reads in ((FeatureMapScorer, "feature map"), (HeadScorer, "head"), (FeatureScorer, "features"),
+                        (LogitScorer, "logits")):
+        if isinstance(scorer, base):
+            return reads
+    return "?"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_catalog_reads_what_the_class_declares(name):
+    assert CATALOG[name]["reads"] == methods.get(name).reads
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if CATALOG[n]["kind"] == "post-hoc"])
+def test_a_post_hoc_method_declares_what_its_default_scorer_reads(name):
+    method = methods.get(name)
+    assert (method.reads in READS, method.reads) == (True, _what_it_reads(method.scorer(method.resolve({}))))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if CATALOG[n]["kind"] != "post-hoc"])
+def test_a_method_that_trains_declares_no_reads(name):
+    assert methods.get(name).reads == ""
 
 
 @pytest.mark.parametrize("name", ALL)
