@@ -46,7 +46,7 @@ def nearest_sq_distances(queries: np.ndarray, bank: np.ndarray, k: int, threads:
         q = queries[start:start + rows]
         key = q @ bank_t
         key -= half_norms
-        top = _largest(key, k)
+        top = largest(key, k)
         top *= -2.0
         top += np.einsum("ij,ij->i", q, q)[:, None]
         np.maximum(top, 0.0, out=top)
@@ -62,7 +62,7 @@ def nearest_sq_distances(queries: np.ndarray, bank: np.ndarray, k: int, threads:
         return np.concatenate(list(pool.map(block, starts)))
 
 
-def _largest(key: np.ndarray, k: int) -> np.ndarray:
+def largest(key: np.ndarray, k: int) -> np.ndarray:
     """The k largest values of each row of ``key`` (unordered), shape (rows, k)."""
     rows, n = key.shape
     if n <= 4 * k:  # too few columns for a sample to save anything
