@@ -9,8 +9,10 @@ Scorers are typed by what they read from the classifier (:mod:`orchestrator.mode
 :class:`LogitScorer` (logits), :class:`FeatureScorer` (penultimate features, and logits if it wants),
 :class:`HeadScorer` (features and the classifier's final layer, :class:`Head`: feature shaping, boundary
 distances), :class:`FeatureMapScorer` (the last feature map) — all four score cached :class:`Outputs` — and
-:class:`InputGradientScorer` (gradients with respect to the input: it runs the model itself). A post-hoc method
-says which in its class attribute ``reads`` (one of ``methods.registry.READS``), which ``list`` groups by.
+:class:`InputGradientScorer` (gradients with respect to the input: it runs the model itself) and :class:`NetworkScorer`
+(runs images through the model without gradients: intermediate blocks, Gram). The last two score image batches
+(:attr:`Scorer.scores_images`). A post-hoc method says which in its class attribute ``reads`` (one of
+``methods.registry.READS``), which ``list`` groups by.
 """
 from __future__ import annotations
 
@@ -94,8 +96,15 @@ class Scorer:
 
     @property
     def uses_input_gradients(self) -> bool:
-        """True when this instance scores images through the model (see :class:`InputGradientScorer`)."""
+        """True when this instance scores images through the model with input gradients (see
+        :class:`InputGradientScorer`)."""
         return False
+
+    @property
+    def scores_images(self) -> bool:
+        """True when this instance scores image batches through the model (:meth:`score_inputs`, which the evaluator
+        then calls) instead of cached outputs (:meth:`score`): gradient scorers and :class:`NetworkScorer`."""
+        return self.uses_input_gradients
 
     @property
     def reads_feature_map(self) -> bool:
@@ -107,7 +116,7 @@ class Scorer:
         """True when :meth:`fit` or scoring uses the network itself, not only its outputs: gradient scorers, scorers
         fitted on training images, and any subclass that reads the model's weights (ViM) — which then overrides
         this. A post-hoc evaluator loads the network (and PyTorch) only for such scorers."""
-        return self.uses_input_gradients or self.needs_train_images
+        return self.scores_images or self.needs_train_images
 
     def score(self, outputs: Outputs) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} does not score cached outputs")
@@ -127,7 +136,7 @@ class Scorer:
 
     @property
     def shares_sweep_work(self) -> bool:
-        return type(self).sweep_work is not Scorer.sweep_work and not self.uses_input_gradients
+        return type(self).sweep_work is not Scorer.sweep_work and not self.scores_images
 
 
 class LogitScorer(Scorer):
@@ -170,6 +179,20 @@ class InputGradientScorer(Scorer):
 
     @property
     def uses_input_gradients(self) -> bool:
+        return True
+
+
+class NetworkScorer(Scorer):
+    """Scores images through the model without input gradients (Gram's intermediate block maps): implements
+    :meth:`score_inputs` (under ``torch.no_grad``), which the evaluator calls with the model and image batches,
+    like a gradient scorer's; reads the network (:attr:`reads_network`)."""
+
+    @property
+    def scores_images(self) -> bool:
+        return True
+
+    @property
+    def reads_network(self) -> bool:
         return True
 
 

@@ -2,8 +2,9 @@
 
 Outputs (logits, h, optional feature map) are extracted once per (model, split) (:mod:`orchestrator.forward`)
 and kept by an :class:`OutputStore`, which the cache persists to disk so that every post-hoc trial on the same
-model reads them instead of re-running the network. Gradient scorers (ODIN...) get the images instead.
-Everything here works on NumPy arrays: PyTorch is imported only to extract outputs or to run a gradient scorer.
+model reads them instead of re-running the network. Scorers that run images through the network (gradient scorers
+such as ODIN, network scorers such as Gram: ``Scorer.scores_images``) get the images instead.
+Everything here works on NumPy arrays: PyTorch is imported only to extract outputs or to run an image scorer.
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ class OutputStore:
 
     def get(self, name: str, with_fmap: bool = False) -> Outputs:
         key = (name, with_fmap)
+        if not with_fmap and (name, True) in self._mem:  # the same logits and features, with the map beside them
+            return self._mem[(name, True)]
         if key not in self._mem:
             compute = lambda: self._compute(name, with_fmap)  # noqa: E731
             self._mem[key] = self._persist(name, with_fmap, compute) if self._persist else compute()
@@ -63,8 +66,9 @@ def fits_on_train(scorer: Scorer) -> bool:
 
 
 def score_split(scorer: Scorer, store: OutputStore, name: str, batch_size: int = 256) -> np.ndarray:
-    """ID-ness scores of one split, from cached outputs or, for gradient scorers, from the images."""
-    if scorer.uses_input_gradients:
+    """ID-ness scores of one split, from cached outputs or, for scorers that score images (gradient and network
+    scorers: ``scores_images``), from the images."""
+    if scorer.scores_images:
         from orchestrator.training import to_float
 
         split = store.bench.splits()[name]

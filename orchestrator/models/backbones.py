@@ -32,6 +32,17 @@ class SmallCNN(nn.Module):
     def forward(self, x):
         return self.body(x)
 
+    def block_outputs(self, x) -> list[torch.Tensor]:
+        """The output of every conv-bn-relu(-pool) block, in order (the last is :meth:`forward`'s)."""
+        layers, outs = list(self.body), []
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            following = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, nn.MaxPool2d) or (isinstance(layer, nn.ReLU)
+                                                   and not isinstance(following, nn.MaxPool2d)):
+                outs.append(x)
+        return outs
+
 
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
@@ -66,6 +77,18 @@ class ResNet18(nn.Module):
 
     def forward(self, x):
         return self.layers(self.stem(x))
+
+    def block_outputs(self, x) -> list[torch.Tensor]:
+        """The stem's output and each stage's (two BasicBlocks; the last is :meth:`forward`'s): OpenOOD's
+        ResNet18_32x32 ``feature_list``, its last entry un-pooled."""
+        x = self.stem(x)
+        outs, blocks = [x], list(self.layers)
+        for i, block in enumerate(blocks):
+            x = block(x)
+            # a stage ends before a block that changes resolution or width (a non-identity shortcut), and at the end
+            if i + 1 == len(blocks) or len(blocks[i + 1].shortcut) > 0:
+                outs.append(x)
+        return outs
 
 
 class ZScoreHead(nn.Module):
@@ -127,6 +150,16 @@ class Classifier(nn.Module):
 
     def forward(self, x):
         return self.logits_from_normalized(self.normalize(x))
+
+    def forward_blocks(self, x):
+        """(logits, [output of every encoder block, in order]) for a raw input in [0, 1], in one pass: the optional
+        member of the protocol (:class:`orchestrator.models.protocol.BlockFeatures`) that Gram reads."""
+        blocks = getattr(self.encoder, "block_outputs", None)
+        if blocks is None:
+            raise ValueError(f"encoder {type(self.encoder).__name__} has no block_outputs(x), the list of its "
+                             f"blocks' outputs that Classifier.forward_blocks returns")
+        maps = blocks(self.normalize(x))
+        return self.head(maps[-1].mean(dim=(2, 3))), maps
 
 
 @BACKBONES.register("small_cnn", description="three conv blocks for small grey images (digits, Fashion-MNIST)")

@@ -7,6 +7,11 @@ is the penultimate feature h) and, optionally, the layer whose output is the las
 in [0, 1]; per-channel normalisation is the model's first step, so an input perturbation of ε in raw space is ε/std
 in normalised space (ODIN's convention) and methods that work in normalised space (ASCOOD) use
 ``logits_from_normalized``.
+
+One member is optional (:class:`BlockFeatures`, outside :class:`OODClassifier` so that a network without it still
+implements the protocol): ``forward_blocks(x)``, the logits and the output of every block of the backbone, in
+order, from one pass — what Gram reads. The built-in classifier implements it; an :func:`adapt`-ed module does not,
+and :func:`forward_blocks` then raises a ValueError naming the member.
 """
 from __future__ import annotations
 
@@ -45,6 +50,25 @@ class OODClassifier(Protocol):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of raw images (gradient scorers differentiate through this)."""
+
+
+@runtime_checkable
+class BlockFeatures(Protocol):
+    """The optional member of the classifier protocol: intermediate feature maps (Gram's layers)."""
+
+    def forward_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, [output of every backbone block, (N, C_l, H_l, W_l), in order]) of raw images in [0, 1] in one
+        pass (the network normalises first); the last map is :meth:`OODClassifier.forward_all`'s feature map."""
+
+
+def forward_blocks(model, x: torch.Tensor, method: str = "this method") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``model.forward_blocks(x)``, or a ValueError saying that ``method`` needs that optional member."""
+    if not isinstance(model, BlockFeatures):
+        raise ValueError(f"{method} reads the feature map of every block of the network, through the optional "
+                         f"classifier member forward_blocks(x) -> (logits, [block maps]), which "
+                         f"{type(model).__name__} lacks (the built-in classifier has it; an adapt()-ed module "
+                         f"does not): implement it on the network to use {method}")
+    return model.forward_blocks(x)
 
 
 class LinearHead(nn.Module):
