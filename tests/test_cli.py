@@ -25,7 +25,7 @@ BAD_SPACES = {
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sweep", "no-such-method"], "unknown method 'no-such-method' (known: ascood, csd,"),
+    (["sweep", "no-such-method"], "unknown method 'no-such-method' (known: ascood, ash, csd,"),
     (["sweep", "ascood", "--benchmark", "no-such-bench"], "unknown benchmark 'no-such-bench' (known: cifar10, cifar100, digits, fashion-mnist, imagenet, imagenet200)"),
     (["sweep", "ascood", "--benchmark", "digit"], "unknown benchmark 'digit'; did you mean 'digits'?"),
     (["sweep", "ascood", "--search-space", "bad.yaml"], "bad.yaml: space.p_inv: low (0.5) is above high (0.01)"),
@@ -33,7 +33,7 @@ BAD_SPACES = {
      "misspelled.yaml: space.alpah_max: unknown knob 'alpah_max' for method ascood; did you mean 'alpha_max'?"),
     (["sweep", "energy", "--search-space", "wrongtype.yaml"], "wrongtype.yaml: fixed.temperature = 'hot' is not float > 0"),
     (["sweep", "energy", "--search-space", "outside.yaml"], "outside.yaml: space.temperature: low = -1.0 is not float > 0"),
-    (["sweep", "ascood", "--search-space", "scorer.yaml"], "scorer.yaml: ascood: unknown scorer 'nosuch' (valid: csd, dmr, energy,"),
+    (["sweep", "ascood", "--search-space", "scorer.yaml"], "scorer.yaml: ascood: unknown scorer 'nosuch' (valid: ash, csd, dice, dmr, energy,"),
     (["sweep", "energy", "--objective", "val/nosuch:max"],
      "--objective: objective 'val/nosuch' is not reported by any trial; did you mean 'val/auroc'?; reported: val/auroc,"),
     (["sweep", "energy", "--objective", "near/auroc:max"], "test-set metrics are reported, never optimised on"),

@@ -7,7 +7,7 @@ import methods
 from methods.base import FeatureMapScorer, FeatureScorer, HeadScorer, LogitScorer
 from methods.registry import READS
 from orchestrator import search_space
-from orchestrator.evaluation import OutputStore, fit_scorer, score_split
+from orchestrator.evaluation import OutputStore, fit_scorer, score_split, validate
 from orchestrator.knobs import check_value
 from orchestrator.metrics import ood_metrics
 from orchestrator.trial import TrialSettings, run_trial
@@ -145,9 +145,13 @@ def _reads_outputs_only(name: str) -> bool:
 def test_a_scorer_that_does_not_read_the_network_scores_without_it(name, trained_store):
     # A batched sweep's evaluator gives such a scorer no network (it never loads PyTorch): declaring
     # reads_network False is a promise that fit and score need the outputs alone.
-    outputs_only = OutputStore(None, trained_store.bench, None,
-                               persist=lambda split, fmap, compute: trained_store.get(split, fmap))
     method = methods.get(name)
-    scorer = fit_scorer(method.scorer(method.resolve(_smoke_config(name))), outputs_only)
-    scores = score_split(scorer, outputs_only, "near/even-digits")
-    assert scores.shape == (len(trained_store.bench.near["even-digits"]),)
+    scorer = method.scorer(method.resolve(_smoke_config(name)))
+
+    def prepared(split, fmap, compute):  # only what a sweep's preparation extracts for this scorer
+        if fmap != scorer.reads_feature_map:
+            raise AssertionError(f"{split} asked with fmap={fmap}: never prepared for {name}")
+        return trained_store.get(split, fmap)
+
+    outputs_only = OutputStore(None, trained_store.bench, None, persist=prepared)
+    assert np.isfinite(validate(fit_scorer(scorer, outputs_only), outputs_only)["val/auroc"])
