@@ -14,8 +14,9 @@ Deliberate differences:
 - OpenOOD v1.5 (react_postprocessor.py) takes the percentile over the ID *validation* split; this follows the paper
   (and METHODS.md): the ID training data. The validation split is what a sweep selects its hyperparameters on
   (val/auroc), which should not also fit the threshold.
-- pytorch-ood 0.4's ReAct takes the threshold c itself as its argument (default 1.0); here it is the percentile, as
-  in the paper and OpenOOD.
+- pytorch-ood 0.4's ReAct (``ReAct(threshold=None, percentile=0.9)``) estimates c the same way, with
+  ``np.percentile`` over all training activations, but takes the percentile as a fraction; here it is in percent,
+  as in the paper and OpenOOD (``scripts/compare_pytorch_ood.py``: equal to 3e-16).
 """
 from __future__ import annotations
 

@@ -17,8 +17,9 @@ Deliberate choices and differences:
   So a constant feature, a dead ReLU unit, or fewer samples than dimensions does not fail: directions without
   training variance add nothing to either distance. With all features constant (e.g. all zero) both distances
   are 0 and every score is 0. No ridge is added (the paper and OpenOOD add none).
-- pytorch-ood 0.4's RMD does not divide its background covariance by N (so its MD_0 is N times smaller than the
-  paper's) and inverts Σ_0 + 1e-6·I; this follows the paper and OpenOOD (1/N, pseudo-inverse).
+- pytorch-ood 0.4's RMD divides neither covariance by N (both distances, and so its score, are N times smaller
+  than the paper's: the same ranking) and inverts Σ + 1e-6·I; this follows the paper and OpenOOD (1/N,
+  pseudo-inverse). ``scripts/compare_pytorch_ood.py``: S = −N·RMD to 1e-7.
 - Computed in float64 (OpenOOD: float32). A class with a single training sample contributes its sample as its
   mean and nothing to Σ. Only the classes present among the fit labels have a Gaussian. With a single class
   μ_1 = μ_0 and Σ = Σ_0, so every score is 0 (the method has nothing to say then).

@@ -16,8 +16,9 @@ The alternative metrics are those OpenOOD v1.5 offers (``she_postprocessor.py``,
 Deliberate differences (edge cases the references leave undefined):
 
 - A class with no correctly classified training sample gets the mean feature of all its training samples
-  (OpenOOD and pytorch-ood take the mean of an empty set, nan, and then score nan for every input predicted as
-  that class; the authors' code fails). Recorded in ``fallback_classes_``.
+  (OpenOOD takes the mean of an empty set, nan, and then scores nan for every input predicted as that class;
+  pytorch-ood 0.4 refuses to fit, "No correct predictions for class k"; the authors' code fails). Recorded in
+  ``fallback_classes_``.
 - A class with no training sample at all gets the zero pattern (listed in ``empty_classes_``): S = 0 for the
   inner product and cosine, −‖h‖ for the Euclidean metric, i.e. inputs predicted as a class the training data
   never showed score at the bottom of the non-negative range of post-ReLU features.
