@@ -179,6 +179,7 @@ def expand(spec: StudySpec, common: dict[str, Any], spaces: Path | None = None,
 
     plan = Plan(spec)
     trained: set[tuple] = set()
+    loaded: dict = {}  # each benchmark loaded once, shared by its sweeps (and their evaluator pool)
     with tempfile.TemporaryDirectory() as scratch:
         folder = spaces or Path(scratch)
         for entry in spec.entries:
@@ -195,7 +196,7 @@ def expand(spec: StudySpec, common: dict[str, Any], spaces: Path | None = None,
                                         epochs=entry.epochs, seed=seed, name=name, smoke_test=spec.smoke_test,
                                         search_space=path, convention=spec.convention, **common)
                     try:
-                        prep = prepare(opts, resuming=name in started)
+                        prep = prepare(opts, resuming=name in started, loaded=loaded)
                     except UsageError as exc:
                         raise UsageError(f"{spec.path}: entries.{entry.label} on {bench}, seed {seed}: {exc}") \
                             from None

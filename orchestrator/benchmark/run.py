@@ -43,6 +43,7 @@ def run(study_file: str, common: dict[str, Any], dry_run: bool = False, out: str
         argv: list[str] | None = None) -> int:
     """Plan (and with ``dry_run`` only print) the study, run its sweeps, write the leaderboard; the exit code."""
     from orchestrator.sweep import state as sweep_state
+    from orchestrator.sweep.batched import kept_between_sweeps
     from orchestrator.tracking import runs
 
     spec = plan.load(study_file)
@@ -80,18 +81,19 @@ def run(study_file: str, common: dict[str, Any], dry_run: bool = False, out: str
     print(plan.describe(planned), flush=True)
     status = "FAILED"
     try:
-        for i, s in enumerate(planned.sweeps, 1):
-            done = state["sweeps"].get(s.name, {})
-            if done.get("status") == "FINISHED":
-                print(f"[{i}/{len(planned.sweeps)}] {s.name}: finished earlier, kept", flush=True)
-                continue
-            print(f"[{i}/{len(planned.sweeps)}] {s.name}: {s.entry.method} on {s.benchmark}, seed {s.seed}",
-                  flush=True)
-            code = _run_sweep(s, folder, state, study_run.run_id, spec.name)
-            if code in (130, 143):
-                status = "KILLED"
-                print(f"Study {spec.name} stopped; run the same command to continue it:\n  {again}", flush=True)
-                return code
+        with kept_between_sweeps():  # consecutive post-hoc sweeps share one evaluator pool, started once
+            for i, s in enumerate(planned.sweeps, 1):
+                done = state["sweeps"].get(s.name, {})
+                if done.get("status") == "FINISHED":
+                    print(f"[{i}/{len(planned.sweeps)}] {s.name}: finished earlier, kept", flush=True)
+                    continue
+                print(f"[{i}/{len(planned.sweeps)}] {s.name}: {s.entry.method} on {s.benchmark}, seed {s.seed}",
+                      flush=True)
+                code = _run_sweep(s, folder, state, study_run.run_id, spec.name)
+                if code in (130, 143):
+                    status = "KILLED"
+                    print(f"Study {spec.name} stopped; run the same command to continue it:\n  {again}", flush=True)
+                    return code
         rows = _leaderboard(planned, uri, experiment)
         _write_leaderboard(rows, spec, folder if out is None else Path(out), study_run, again)
         status = "FINISHED" if all(v.get("status") == "FINISHED" for v in state["sweeps"].values()) else "FAILED"

@@ -21,7 +21,7 @@ from orchestrator import search_space
 from orchestrator.cache import wait_for_writes
 from orchestrator.errors import UsageError
 from orchestrator.metrics import OODMatrix
-from orchestrator.sweep import extraction, scheduling, state, study
+from orchestrator.sweep import batched, extraction, scheduling, state, study
 from orchestrator.sweep.interrupt import StopSignals
 from orchestrator.sweep.prepare import Prepared, SweepOptions
 from orchestrator.tracking.runs import STUDY_TAG
@@ -234,9 +234,9 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     # thread, which shares this interpreter, took 0.42 s instead of 0.06 s (measured), and the preparation lost it.
     pool = preparing = None
     if prep.batch_size and not extraction.needed(bench):
-        from orchestrator.sweep.batched import EvaluatorPool
-
-        pool = EvaluatorPool(prep)
+        pool = batched.pool_for(prep)  # a study's previous sweep's, when it can serve this one
+    else:
+        batched.release_kept()  # Tune trials or extraction tasks need the CPU a kept pool holds
     # A batched sweep's first evaluator draws its figures; a Tune sweep's driver does.
     figure_imports = None if prep.batch_size else _import_figure_libraries(opts, len(space.knobs))
     try:
@@ -322,7 +322,7 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
         return result
     finally:
         if pool is not None:
-            pool.close()
+            pool.close(keep=status == "FINISHED")  # kept for a study's next sweep (batched.kept_between_sweeps)
         wait_for_writes()  # the sweep work its preparation wrote behind (orchestrator.cache): cached when it ends
         # A resume that failed before its trials ran leaves the resumed sweep's parent run as it found it.
         sweep_run.end(status_before if status_before and status != "KILLED" else status)
@@ -386,9 +386,7 @@ def _tuner(prep: Prepared, trainable, run_config):
 def _start_pool(prep: Prepared):
     """Start a post-hoc sweep's first evaluator and the preparation of the shared network: (pool, the preparation
     that :meth:`~orchestrator.sweep.batched.EvaluatorPool.prepared` waits for)."""
-    from orchestrator.sweep import batched
-
-    pool = batched.EvaluatorPool(prep)
+    pool = batched.pool_for(prep)
     return pool, pool.submit_prepare(prep.fixed)
 
 
@@ -412,7 +410,6 @@ def _run_batched(prep: Prepared, pool, logger, signals, drawing: dict | None):
     dict), the pool starts drawing the sweep's figures the moment the last configuration is scored, while the
     driver writes the last MLflow runs; ``drawing`` then holds the best configuration and what
     :meth:`orchestrator.sweep.batched.EvaluatorPool.drawn` waits for."""
-    from orchestrator.sweep import batched
     from orchestrator.sweep.progress import BatchProgress
 
     space, opts = prep.space, prep.opts
