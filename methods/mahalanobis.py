@@ -17,6 +17,7 @@ import torch
 
 from methods import register
 from methods.base import FeatureScorer, InputGradientScorer, Method, Outputs
+from methods.gaussians import class_means
 from methods.odin import real_knob, step_sign
 from orchestrator.knobs import Float
 
@@ -43,12 +44,7 @@ class MahalanobisScorer(InputGradientScorer, FeatureScorer):
         if train.labels is None:
             raise ValueError("mahalanobis needs the class labels of its fit outputs (Outputs.labels is None)")
         h = np.asarray(train.features, dtype=np.float64)
-        labels = np.asarray(train.labels)
-        self.classes_, index = np.unique(labels, return_inverse=True)
-        counts = np.bincount(index, minlength=len(self.classes_)).astype(np.float64)
-        means = np.zeros((len(self.classes_), h.shape[1]))
-        np.add.at(means, index, h)
-        means /= counts[:, None]
+        self.classes_, index, means = class_means(h, np.asarray(train.labels))
         centred = h - means[index]
         cov = centred.T @ centred / len(h) + self.ridge * np.eye(h.shape[1])
         self.means_ = means

@@ -30,6 +30,7 @@ import numpy as np
 
 from methods import register
 from methods.base import FeatureScorer, Method, Outputs
+from methods.gaussians import class_means
 
 
 def whitener(cov: np.ndarray) -> np.ndarray:
@@ -75,11 +76,7 @@ class RmdsScorer(FeatureScorer):
         labels = np.asarray(train.labels)
         if labels.shape != (len(h),):
             raise ValueError(f"rmds: {len(h)} fit features but labels of shape {labels.shape}")
-        self.classes_, index = np.unique(labels, return_inverse=True)
-        counts = np.bincount(index, minlength=len(self.classes_)).astype(np.float64)
-        means = np.zeros((len(self.classes_), h.shape[1]))
-        np.add.at(means, index, h)
-        means /= counts[:, None]
+        self.classes_, index, means = class_means(h, labels)
         centred = h - means[index]
         self.class_whitener_ = whitener(centred.T @ centred / len(h))
         self.white_means_ = means @ self.class_whitener_
