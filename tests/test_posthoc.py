@@ -57,3 +57,17 @@ def test_pytorch_is_imported_only_for_a_scorer_that_reads_the_network(evaluated)
 def test_the_evaluator_scores_as_a_trial_does(evaluated):
     _, report, trial_matrix = evaluated
     assert report["matrix"] == trial_matrix
+
+
+def test_no_method_that_reads_cached_outputs_imports_pytorch():
+    # An outputs-only evaluator imports its scorer's module; it must not bring PyTorch with it. Two exceptions by
+    # design: mahalanobis (cached features at ε = 0, input gradients for ε > 0) and dmr (trains its rejection head
+    # with PyTorch).
+    import methods
+
+    names = [m["name"] for m in methods.catalog() if m["kind"] == "post-hoc" and m["reads"] != "network"
+             and m["name"] not in ("mahalanobis", "dmr")]
+    code = ("import sys, methods\nfor n in sys.argv[1:]:\n    methods.get(n)\n    if 'torch' in sys.modules:\n"
+            "        print(n)\n        break\nelse:\n    print('none')")
+    done = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "none", done.stdout + done.stderr[-2000:]
