@@ -113,9 +113,10 @@ class Scorer:
 
     @property
     def reads_network(self) -> bool:
-        """True when :meth:`fit` or scoring uses the network itself, not only its outputs: gradient scorers, scorers
-        fitted on training images, and any subclass that reads the model's weights (ViM) — which then overrides
-        this. A post-hoc evaluator loads the network (and PyTorch) only for such scorers."""
+        """True when :meth:`fit` or scoring uses the network itself, not only its outputs: scorers of image batches,
+        scorers fitted on training images, and any subclass that reads the model otherwise (it then overrides this;
+        the final layer's weights come with the outputs, :class:`Head`). A post-hoc evaluator loads the network (and
+        PyTorch) only for such scorers."""
         return self.scores_images or self.needs_train_images
 
     def score(self, outputs: Outputs) -> np.ndarray:
