@@ -28,22 +28,18 @@ def nearest_sq_distances(queries: np.ndarray, bank: np.ndarray, k: int, threads:
 
     ``threads`` blocks are computed at once, each with a one-thread BLAS (default: the BLAS pool's size, which
     Ray sets to a task's CPUs)."""
-    from threadpoolctl import threadpool_info, threadpool_limits
-
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     bank = np.ascontiguousarray(bank, dtype=np.float32)
     n = len(bank)
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the bank size {n}, got {k}")
-    if threads is None:
-        threads = max([p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] or [1])
     bank_t = np.ascontiguousarray(bank.T)
     # ‖q − b‖² = ‖q‖² − 2 (q·b − ‖b‖²/2): the k nearest are the k largest of q·b − ‖b‖²/2.
     half_norms = 0.5 * np.einsum("ij,ij->i", bank, bank)
     rows = int(np.clip(BLOCK_BYTES // (4 * n), 1, 256))
 
-    def block(start: int) -> np.ndarray:
-        q = queries[start:start + rows]
+    def block(start: int, stop: int) -> np.ndarray:
+        q = queries[start:stop]
         key = q @ bank_t
         key -= half_norms
         top = largest(key, k)
@@ -53,13 +49,26 @@ def nearest_sq_distances(queries: np.ndarray, bank: np.ndarray, k: int, threads:
         top.sort(axis=1)
         return top
 
-    starts = range(0, len(queries), rows)
-    if len(starts) == 0:
+    if len(queries) == 0:
         return np.empty((0, k), np.float32)
+    return map_blocks(block, len(queries), rows, threads)
+
+
+def map_blocks(block, n: int, rows: int, threads: int | None = None) -> np.ndarray:
+    """``concatenate([block(start, stop) for each block of rows of n])`` — ``threads`` blocks at a time, each with a
+    one-thread BLAS (default: the BLAS pool's size, which Ray sets to a task's CPUs): the block-parallel loop of the
+    exact searches here and of NNGuide's and the relation graph's products."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    starts = range(0, n, rows)
+    if len(starts) == 0:
+        return np.empty(0)
+    if threads is None:
+        threads = max([p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] or [1])
     if threads <= 1 or len(starts) == 1:
-        return np.concatenate([block(s) for s in starts])
+        return np.concatenate([block(s, min(s + rows, n)) for s in starts])
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-        return np.concatenate(list(pool.map(block, starts)))
+        return np.concatenate(list(pool.map(lambda s: block(s, min(s + rows, n)), starts)))
 
 
 def largest(key: np.ndarray, k: int) -> np.ndarray:

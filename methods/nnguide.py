@@ -30,8 +30,6 @@ Deliberate choices and differences:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 
 import numpy as np
@@ -39,7 +37,7 @@ from scipy.special import logsumexp
 
 from methods import register
 from methods.base import FeatureScorer, Method, Outputs
-from methods.neighbours import largest
+from methods.neighbours import largest, map_blocks
 from orchestrator.knobs import Float, Int
 
 DEFAULT_NEIGHBOURS = 100
@@ -66,22 +64,6 @@ def normalise(h: np.ndarray) -> np.ndarray:
     """Rows divided by their L2 norm (+1e-10), in float64."""
     h = np.asarray(h, dtype=np.float64)
     return h / (np.linalg.norm(h, axis=1, keepdims=True) + 1e-10)
-
-
-def map_blocks(block: Callable[[int, int], np.ndarray], n: int, rows: int, threads: int | None = None) -> np.ndarray:
-    """``concatenate([block(start, stop) for each block of rows])`` — ``threads`` blocks at a time, each with a
-    one-thread BLAS (default: the BLAS pool's size, which Ray sets to a task's CPUs), as methods.neighbours does."""
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    starts = range(0, n, rows)
-    if len(starts) == 0:
-        return np.empty(0)
-    if threads is None:
-        threads = max([p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] or [1])
-    if threads <= 1 or len(starts) == 1:
-        return np.concatenate([block(s, min(s + rows, n)) for s in starts])
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-        return np.concatenate(list(pool.map(lambda s: block(s, min(s + rows, n)), starts)))
 
 
 def top_k_mean(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:

@@ -33,7 +33,7 @@ from scipy.special import softmax
 
 from methods import register
 from methods.base import FeatureScorer, Method, Outputs
-from methods.nnguide import map_blocks
+from methods.neighbours import map_blocks
 from orchestrator.knobs import Float
 
 DEFAULT_POWER = 1.0
