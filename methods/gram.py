@@ -53,8 +53,6 @@ so the next trial of a P sweep on the same network runs no network at all.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from collections import OrderedDict
 from numbers import Integral
 
 import numpy as np
@@ -62,6 +60,7 @@ import torch
 
 from methods import register
 from methods.base import Method, NetworkScorer, Outputs
+from methods.memo import Memo, NetworkDigests, digest_bytes
 from orchestrator.knobs import Bool, Int
 from orchestrator.models.protocol import forward_blocks
 
@@ -79,42 +78,14 @@ BATCH_SIZE = 256
 #: Process-wide memos: fits by (network, images, holdout, seed, powers), per-batch tables by (fit, network, batch).
 FIT_ENTRIES = 2
 MEMO_BYTES = 256 * 2**20
-_FITS: OrderedDict = OrderedDict()
-_TABLES: OrderedDict = OrderedDict()
+_FITS = Memo(max_entries=FIT_ENTRIES)
+_TABLES = Memo(max_bytes=MEMO_BYTES)
 
 
 def forget_memoised() -> None:
     """Forget the fits and per-batch deviation tables memoised in this process."""
     _FITS.clear()
     _TABLES.clear()
-
-
-def _remember(memo: OrderedDict, key: str, value, max_entries: int | None = None) -> None:
-    memo[key] = value
-    memo.move_to_end(key)
-    if max_entries is not None:
-        while len(memo) > max_entries:
-            memo.popitem(last=False)
-    else:
-        while len(memo) > 1 and sum(a.nbytes for v in memo.values() for a in v) > MEMO_BYTES:
-            memo.popitem(last=False)
-
-
-def _digest_bytes(chunks) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for chunk in chunks:
-        h.update(chunk)
-    return h.hexdigest()
-
-
-def network_digest(model) -> str:
-    """A digest of every parameter and buffer of ``model`` (names, shapes, values)."""
-    def chunks():
-        for name, t in model.state_dict().items():
-            t = t.detach().cpu().contiguous()
-            yield f"{name}{tuple(t.shape)}{t.dtype}".encode()
-            yield t.reshape(-1).view(torch.uint8).numpy().tobytes()
-    return _digest_bytes(chunks())
 
 
 def gram_features(fmap: torch.Tensor, powers: int) -> torch.Tensor:
@@ -180,15 +151,7 @@ class GramScorer(NetworkScorer):
         self.holdout_table_: np.ndarray | None = None  # (held out, layers, width) deviations
         self.holdout_conf_: np.ndarray | None = None
         self.fit_key_: str | None = None
-        self._digests: dict[int, str] = {}  # id(model) → network digest, within this instance's lifetime
-
-    def __getstate__(self):
-        return {**self.__dict__, "_digests": {}}
-
-    def _network_digest(self, model) -> str:
-        if id(model) not in self._digests:
-            self._digests[id(model)] = network_digest(model)
-        return self._digests[id(model)]
+        self._networks = NetworkDigests()
 
     # ---- per batch: predicted class, confidence, Gram features / deviations
     def _forward(self, model, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], int]:
@@ -207,17 +170,16 @@ class GramScorer(NetworkScorer):
         if self.mins_ is None:
             raise RuntimeError("GramScorer used before fit")
         batch = x.detach().cpu().contiguous().numpy()
-        key = f"{self.fit_key_}|{self._network_digest(model)}|{batch.shape}|{_digest_bytes([batch.tobytes()])}"
+        key = f"{self.fit_key_}|{self._networks.digest(model)}|{batch.shape}|{digest_bytes([batch.tobytes()])}"
         hit = _TABLES.get(key)
         if hit is not None:
-            _TABLES.move_to_end(key)
             return hit
         pred, conf, feats, _ = self._forward(model, x)
         if len(feats) != len(self.mins_):
             raise ValueError(f"gram was fitted on {len(self.mins_)} blocks, this network gives {len(feats)}")
         table = np.stack([deviation(f, lo[pred], hi[pred])
                           for f, lo, hi in zip(feats, self.mins_, self.maxs_, strict=True)], axis=1)
-        _remember(_TABLES, key, (table, conf))
+        _TABLES.put(key, (table, conf))
         return table, conf
 
     # ---- fit
@@ -229,14 +191,13 @@ class GramScorer(NetworkScorer):
             raise ValueError("gram needs at least one training image to fit")
         if train is not None and len(train) != len(images):
             raise ValueError(f"gram: {len(images)} images for {len(train)} training outputs")
-        net = network_digest(model)
-        self._digests = {id(model): net}
-        key = "|".join([net, _digest_bytes([np.ascontiguousarray(images).tobytes()]), str(images.shape),
+        net = self._networks.digest(model)
+        key = "|".join([net, digest_bytes([np.ascontiguousarray(images).tobytes()]), str(images.shape),
                         images.dtype.str, f"{self.holdout!r}", str(self.seed), str(self.width)])
         fitted = _FITS.get(key)
         if fitted is None:
             fitted = self._fit_ranges(model, images, key)
-            _remember(_FITS, key, fitted, FIT_ENTRIES)
+            _FITS.put(key, fitted)
         self.mins_, self.maxs_, self.empty_classes_ = fitted["mins"], fitted["maxs"], fitted["empty"]
         self.holdout_table_, self.holdout_conf_ = fitted["table"], fitted["conf"]
         self.fit_key_ = key

@@ -34,9 +34,8 @@ def largest_gradient_mask(grad: torch.Tensor, std: torch.Tensor | None = None) -
 class IodinScorer(OdinScorer):
     method = "iodin"
 
-    def _step(self, model, x, grad):
-        mask = largest_gradient_mask(grad, getattr(model, "std", None))
-        return x - self.epsilon * step_sign(grad) * mask
+    def _direction(self, model, grad):
+        return step_sign(grad) * largest_gradient_mask(grad, getattr(model, "std", None))
 
 
 @register("iodin")

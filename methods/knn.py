@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import os
 import weakref
-from collections import OrderedDict
 from numbers import Integral
 
 import numpy as np
 
 from methods import register
 from methods.base import FeatureScorer, Method, Outputs
+from methods.memo import Memo
 from methods.neighbours import nearest_sq_distances
 from orchestrator.knobs import Choice, Int
 
@@ -30,7 +30,7 @@ DEFAULT_K = 50
 #: same worker process (Ray Tune reuses actors) reads column k-1 instead of searching again.
 MEMO_WIDTH = 1024
 MEMO_ENTRIES = 24
-_MEMO: OrderedDict = OrderedDict()
+_MEMO = Memo(max_entries=MEMO_ENTRIES)
 #: faiss marks a neighbour it did not find with the largest float32 distance.
 MISSING = 1e30
 
@@ -221,9 +221,8 @@ class KnnScorer(FeatureScorer):
         return {key: table for key, table in _MEMO.items() if key.startswith(self._bank_digest + "|")}
 
     def adopt(self, work: dict) -> None:
-        _MEMO.update(work)
-        while len(_MEMO) > MEMO_ENTRIES:
-            _MEMO.popitem(last=False)
+        for key, table in work.items():
+            _MEMO.put(key, table)
 
     def _table(self, queries: np.ndarray, digest: str, k: int) -> np.ndarray:
         key = f"{self._bank_digest}|{digest}"
@@ -236,10 +235,7 @@ class KnnScorer(FeatureScorer):
                 table = nearest_sq_distances(queries, self.bank_, width)
             else:
                 table = self.index().search(queries, width)[0]
-            _MEMO[key] = table
-            while len(_MEMO) > MEMO_ENTRIES:
-                _MEMO.popitem(last=False)
-        _MEMO.move_to_end(key)
+            _MEMO.put(key, table)
         return table
 
     def _sharded_search(self, queries: np.ndarray, k: int) -> np.ndarray:

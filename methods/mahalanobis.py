@@ -18,7 +18,8 @@ import torch
 from methods import register
 from methods.base import FeatureScorer, InputGradientScorer, Method, Outputs
 from methods.gaussians import class_means
-from methods.odin import real_knob, step_sign
+from methods.memo import array_digest
+from methods.odin import memoised_direction, real_knob, step_sign
 from orchestrator.knobs import Float
 
 DEFAULT_EPSILON = 0.0
@@ -37,6 +38,7 @@ class MahalanobisScorer(InputGradientScorer, FeatureScorer):
         self.classes_: np.ndarray | None = None
         self.means_: np.ndarray | None = None
         self.precision_: np.ndarray | None = None
+        self.fit_digest_: str | None = None
 
     def fit(self, train: Outputs, model=None) -> MahalanobisScorer:
         if train is None or len(train) == 0:
@@ -49,6 +51,7 @@ class MahalanobisScorer(InputGradientScorer, FeatureScorer):
         cov = centred.T @ centred / len(h) + self.ridge * np.eye(h.shape[1])
         self.means_ = means
         self.precision_ = np.linalg.pinv(cov, hermitian=True)
+        self.fit_digest_ = None
         return self
 
     @property
@@ -83,6 +86,17 @@ class MahalanobisScorer(InputGradientScorer, FeatureScorer):
         x = x.detach()
         if self.epsilon == 0:
             return x.clone()
+        return (x - self.epsilon * memoised_direction(self._direction_key(), model, x,
+                                                      lambda: self._direction(model, x))).detach()
+
+    def _direction_key(self) -> str:
+        """What the direction depends on besides the network and the batch: the fit (means, precision)."""
+        if getattr(self, "fit_digest_", None) is None:
+            self.fit_digest_ = f"mahalanobis|{array_digest(self.means_)}|{array_digest(self.precision_)}"
+        return self.fit_digest_
+
+    def _direction(self, model, x: torch.Tensor) -> torch.Tensor:
+        """sign(∇ₓ d_ĉ(h(x))), sign(0) = +1."""
         means = torch.as_tensor(self.means_, device=x.device)
         precision = torch.as_tensor(self.precision_, device=x.device)
         with torch.enable_grad():
@@ -95,7 +109,7 @@ class MahalanobisScorer(InputGradientScorer, FeatureScorer):
             diff = h - means[closest]
             loss = ((diff @ precision) * diff).sum()
             (grad,) = torch.autograd.grad(loss, xg)
-        return (x - self.epsilon * step_sign(grad)).detach()
+        return step_sign(grad)
 
     def score_inputs(self, model, x: torch.Tensor) -> np.ndarray:
         x_tilde = self.perturb(model, x)

@@ -30,10 +30,7 @@ warns about it.
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
-import weakref
-from collections import OrderedDict
 from numbers import Real
 
 import numpy as np
@@ -41,6 +38,7 @@ from scipy.special import logsumexp
 
 from methods import register
 from methods.base import FeatureMapScorer, Head, HeadScorer, Method, Outputs
+from methods.memo import ArrayDigests, Memo
 from orchestrator.knobs import Float
 
 #: Feature-map bytes (float64) decomposed at once.
@@ -50,10 +48,9 @@ CHUNK_BYTES = 64 * 2**20
 MEMO_BYTES = 512 * 2**20
 #: How far the spatial mean of the training map may be from the training features (relative to their scale).
 POOL_TOLERANCE = 1e-4
-_MEMO: OrderedDict[str, np.ndarray] = OrderedDict()
-#: Digests of the feature maps this process scored, by identity while they live (each is hashed once, not once per
-#: trial of a sweep). Outputs are never modified in place.
-_DIGESTS: dict[int, tuple[weakref.ref, str]] = {}
+_MEMO = Memo(max_bytes=MEMO_BYTES)
+#: Digests of the feature maps this process scored (each hashed once, not once per trial of a sweep).
+_DIGESTS = ArrayDigests()
 
 
 def check_temperature(temperature) -> float:
@@ -85,32 +82,7 @@ def rank1_removed_pooled(fmap) -> np.ndarray:
 
 def digest(fmap: np.ndarray) -> str:
     """Content digest of a feature map (shape, dtype and bytes), computed once per array object while it lives."""
-    key = id(fmap)
-    entry = _DIGESTS.get(key)
-    if entry is not None and entry[0]() is fmap:
-        return entry[1]
-    hasher = hashlib.blake2b(digest_size=16)
-    hasher.update(f"{fmap.shape}{fmap.dtype.str}".encode())
-    hasher.update(np.ascontiguousarray(fmap).data)
-    value = hasher.hexdigest()
-    try:
-        ref = weakref.ref(fmap, lambda _: _DIGESTS.pop(key, None))
-    except TypeError:
-        return value
-    _DIGESTS[key] = (ref, value)
-    return value
-
-
-def _in_memory(a: np.ndarray) -> int:
-    """Bytes ``a`` holds in this process' memory (a memory-mapped array of the cache's sweep work holds none)."""
-    return 0 if isinstance(a, np.memmap) or isinstance(a.base, np.memmap) else a.nbytes
-
-
-def _remember(key: str, pooled: np.ndarray) -> None:
-    _MEMO[key] = pooled
-    _MEMO.move_to_end(key)
-    while len(_MEMO) > 1 and sum(_in_memory(a) for a in _MEMO.values()) > MEMO_BYTES:
-        _MEMO.popitem(last=False)
+    return _DIGESTS.digest(fmap)
 
 
 def pooled_without_rank1(fmap) -> np.ndarray:
@@ -119,8 +91,7 @@ def pooled_without_rank1(fmap) -> np.ndarray:
     key = digest(fmap)
     pooled = _MEMO.get(key)
     if pooled is None:
-        pooled = rank1_removed_pooled(fmap).astype(np.float32)
-    _remember(key, pooled)
+        pooled = _MEMO.put(key, rank1_removed_pooled(fmap).astype(np.float32))
     return pooled
 
 
@@ -201,7 +172,7 @@ class RankFeatScorer(FeatureMapScorer):
 
     def adopt(self, work: dict) -> None:
         for key, pooled in work.items():
-            _remember(key, pooled)
+            _MEMO.put(key, pooled)
 
 
 @register("rankfeat")

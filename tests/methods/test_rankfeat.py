@@ -259,11 +259,11 @@ def test_sweep_work_lets_a_fresh_process_score_without_decomposing(monkeypatch):
 
 
 def test_memo_drops_the_least_recently_used_beyond_its_bytes(monkeypatch):
-    monkeypatch.setattr(rankfeat, "MEMO_BYTES", 2 * 6 * 5 * 4)  # two maps' pooled features
+    monkeypatch.setattr(rankfeat._MEMO, "max_bytes", 2 * 6 * 5 * 4)  # two maps' pooled features
     maps = [_maps(seed=s) for s in range(3)]
     for fmap in maps:
         rankfeat.pooled_without_rank1(fmap)
-    assert list(rankfeat._MEMO) == [rankfeat.digest(m) for m in maps[1:]]
+    assert [key for key, _ in rankfeat._MEMO.items()] == [rankfeat.digest(m) for m in maps[1:]]
 
 
 # ------------------------------------------------------------------------------------------ registration
