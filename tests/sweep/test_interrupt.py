@@ -81,12 +81,23 @@ def test_ctrl_c_keeps_stderr_quiet(interrupted):
     assert err.strip() == ""
 
 
-def test_resume_after_ctrl_c_finishes_every_run(interrupted):
+@pytest.fixture(scope="module")
+def resumed(interrupted):
+    """The interrupted sweep, continued with ``--resume`` (its results then serve the failed-resume test too)."""
     cwd, *_ = interrupted
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OODSWEEP_CACHE": str(cwd / "cache"), "RAY_USAGE_STATS_ENABLED": "0"}
     res = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "ascood", "--resume", "stopme", "--epochs",
                           "1", "--no-dashboard"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return cwd, env, res
+
+
+def test_resume_after_ctrl_c_exits_0(resumed):
+    _, _, res = resumed
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_resume_after_ctrl_c_finishes_every_run(resumed):
+    cwd, _, _ = resumed
     assert _statuses(cwd) == (["FINISHED"], ["FINISHED", "FINISHED"])
 
 
@@ -96,22 +107,14 @@ def test_sigterm_exits_143_and_kills_the_runs(tmp_path):
     assert _statuses(tmp_path) == (["KILLED"], ["KILLED", "KILLED"])
 
 
-def _finished_sweep(cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OODSWEEP_CACHE": str(cwd / "cache"), "RAY_USAGE_STATS_ENABLED": "0"}
-    res = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "energy", "--smoke-test", "--no-dashboard",
-                          "--no-figures", "--batch-size", "0", "--name", "done"], cwd=cwd, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return env
-
-
-def test_a_failed_resume_leaves_the_sweeps_runs_as_they_were(tmp_path):
-    env = _finished_sweep(tmp_path)
-    (tmp_path / "ray_results" / "done" / "tuner.pkl").unlink()  # Tune cannot restore this folder any more
-    res = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "energy", "--resume", "done",
-                          "--no-dashboard"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def test_a_failed_resume_leaves_the_sweeps_runs_as_they_were(resumed):
+    # The finished (resumed) sweep's folder, made unrestorable: Tune cannot restore it without tuner.pkl.
+    cwd, env, _ = resumed
+    (cwd / "ray_results" / "stopme" / "tuner.pkl").unlink()
+    res = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "ascood", "--resume", "stopme",
+                          "--no-dashboard"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr[-2000:]
-    assert _statuses(tmp_path)[0] == ["FINISHED"]
+    assert _statuses(cwd) == (["FINISHED"], ["FINISHED", "FINISHED"])
 
 
 def test_resume_refuses_a_folder_others_can_write(tmp_path):
