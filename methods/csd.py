@@ -17,6 +17,12 @@ mean_m(−d_m) (``aggregator: mean``). k (default 10) is clamped to the bank siz
 
 With grid = 1 and centre off the only scale is the normalised global average, so CSD equals Deep-KNN with
 squared distances (same ranking as KNN's −distance).
+
+Cost: what does not depend on ``k`` or ``aggregator`` — the bank of a (fit maps, grid, centre) and, per scored split,
+the sorted distances to its ``MEMO_WIDTH`` nearest bank entries — is memoised in the process (``methods.memo``), so
+the next configuration of a sweep with the same grid and centre reads column k−1 instead of searching again. On
+the CPU the exact search is :func:`methods.neighbours.nearest_sq_distances` (KNN's, block-parallel BLAS); faiss
+serves the GPU.
 """
 from __future__ import annotations
 
@@ -26,11 +32,26 @@ import numpy as np
 
 from methods import register
 from methods.base import FeatureMapScorer, Method, Outputs
-from methods.knn import flat_l2_index, l2_normalise
+from methods.knn import flat_l2_index, gpu_wanted, l2_normalise
+from methods.memo import ArrayDigests, Memo, array_digest
+from methods.neighbours import nearest_sq_distances
 from orchestrator.knobs import Bool, Choice, Int
 
 DEFAULT_K = 10
 AGGREGATORS = ("max", "mean")
+#: Sorted neighbour distances memoised per (bank, scored maps) this wide (wider when a k asks for more).
+MEMO_WIDTH = 64
+#: Banks by (fit maps, grid, centre) and neighbour tables by (bank, scored maps), least recently used dropped beyond.
+_BANKS = Memo(max_entries=2)
+_TABLES = Memo(max_bytes=512 * 2**20)
+_MAPS = ArrayDigests()
+
+
+def forget_memoised() -> None:
+    """Forget the banks and neighbour tables memoised in this process."""
+    _BANKS.clear()
+    _TABLES.clear()
+    _MAPS.clear()
 
 #: CSD's knobs (post-hoc); MODE scores with CSD and lists them too.
 CSD_KNOBS = (
@@ -114,6 +135,7 @@ class CSDScorer(FeatureMapScorer):
         self.aggregator = aggregator
         self.use_gpu = use_gpu
         self.bank_: np.ndarray | None = None
+        self.bank_key_: str | None = None  # what determines the bank (memo key)
         self._index = None
         self._gpu_resources = None
 
@@ -126,11 +148,21 @@ class CSDScorer(FeatureMapScorer):
         """(N, M, C) L2-normalised scale vectors."""
         return l2_normalise(scale_vectors(fmap, self.grid, self.centre))
 
+    def _geometry(self) -> str:
+        return f"grid={self.grid}|centre={self.centre}"
+
+    def _maps_key(self, fmap) -> str:
+        return _MAPS.digest(fmap) if isinstance(fmap, np.ndarray) else array_digest(np.asarray(fmap))
+
     def fit_maps(self, fmap) -> CSDScorer:
-        v = self.vectors(fmap)
-        if v.shape[0] == 0:
+        if len(fmap) == 0:
             raise ValueError("csd needs at least one fit feature map")
-        self.bank_ = np.ascontiguousarray(v.reshape(-1, v.shape[-1]))
+        self.bank_key_ = f"{self._maps_key(fmap)}|{self._geometry()}"
+        bank = _BANKS.get(self.bank_key_)
+        if bank is None:
+            v = self.vectors(fmap)
+            bank = _BANKS.put(self.bank_key_, np.ascontiguousarray(v.reshape(-1, v.shape[-1])))
+        self.bank_ = bank
         self._index = None
         return self
 
@@ -148,11 +180,24 @@ class CSDScorer(FeatureMapScorer):
 
     def distances(self, fmap) -> np.ndarray:
         """(N, M) squared distance of each scale vector to its k-th nearest bank entry."""
-        v = self.vectors(fmap)
-        n, m, c = v.shape
+        if self.bank_ is None:
+            raise RuntimeError("CSDScorer used before fit")
         k = min(self.k, len(self.bank_))
-        squared, _ = self.index().search(np.ascontiguousarray(v.reshape(-1, c)), k)
-        return np.maximum(squared[:, k - 1].astype(np.float64), 0.0).reshape(n, m)
+        if getattr(self, "bank_key_", None) is None:  # a bank set by hand
+            self.bank_key_ = array_digest(self.bank_)
+        key = f"{self.bank_key_}|{self._geometry()}|{self._maps_key(fmap)}"
+        table = _TABLES.get(key)
+        if table is None or table.shape[1] < k:
+            v = self.vectors(fmap)
+            n, m, c = v.shape
+            width = min(max(k, MEMO_WIDTH), len(self.bank_))
+            queries = np.ascontiguousarray(v.reshape(-1, c))
+            if gpu_wanted(self.use_gpu):
+                squared = self.index().search(queries, width)[0]
+            else:
+                squared = nearest_sq_distances(queries, self.bank_, width)
+            table = _TABLES.put(key, squared.reshape(n, m, width))
+        return np.maximum(table[:, :, k - 1].astype(np.float64), 0.0)
 
     def score_maps(self, fmap) -> np.ndarray:
         neg = -self.distances(fmap)

@@ -102,7 +102,7 @@ def _gpu_available(faiss) -> bool:
         return False
 
 
-def _gpu_wanted(use_gpu: bool | None) -> bool:
+def gpu_wanted(use_gpu: bool | None) -> bool:
     """``use_gpu`` when given, else whether faiss has GPU support and CUDA is there."""
     if use_gpu is not None:
         return bool(use_gpu)
@@ -133,7 +133,7 @@ def ivf_l2_index(bank: np.ndarray, nlist: int | None = None, nprobe: int = 16, u
     index.add(bank)
     index.nprobe = min(nprobe, nlist)
     resources = None
-    if _gpu_wanted(use_gpu):
+    if gpu_wanted(use_gpu):
         resources = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(resources, 0, index)
     return index, resources
@@ -145,7 +145,7 @@ def flat_l2_index(bank: np.ndarray, use_gpu: bool | None = None):
     import faiss
 
     dim = bank.shape[1]
-    if _gpu_wanted(use_gpu):
+    if gpu_wanted(use_gpu):
         resources = faiss.StandardGpuResources()
         index = faiss.GpuIndexFlatL2(resources, dim)
     else:
@@ -231,7 +231,7 @@ class KnnScorer(FeatureScorer):
             width = min(max(k, MEMO_WIDTH), len(self.bank_))
             if self._file:
                 table = self._sharded_search(queries, width)
-            elif self.kind == "flat" and not _gpu_wanted(self.use_gpu):
+            elif self.kind == "flat" and not gpu_wanted(self.use_gpu):
                 table = nearest_sq_distances(queries, self.bank_, width)
             else:
                 table = self.index().search(queries, width)[0]

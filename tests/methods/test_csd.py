@@ -83,3 +83,44 @@ def test_registered_and_pickles():
     before = scorer.score_maps(_maps(4, seed=8))
     again = pickle.loads(pickle.dumps(scorer))
     np.testing.assert_allclose(again.score_maps(_maps(4, seed=8)), before)
+
+
+# ------------------------------------------------------------------------------------------ the process memo
+@pytest.fixture
+def fresh_memo():
+    from methods import csd
+
+    csd.forget_memoised()
+    yield csd
+    csd.forget_memoised()
+
+
+def test_a_second_k_reads_the_memoised_table(fresh_memo):
+    train, test = _maps(30, seed=1), _maps(5, seed=2)
+    CSDScorer(k=3).fit_maps(train).score_maps(test)
+    CSDScorer(k=7).fit_maps(train).score_maps(test)
+    assert len(fresh_memo._TABLES) == 1
+
+
+def test_the_memoised_score_equals_a_fresh_one(fresh_memo):
+    train, test = _maps(30, seed=1), _maps(5, seed=2)
+    CSDScorer(k=3).fit_maps(train).score_maps(test)
+    from_memo = CSDScorer(k=7).fit_maps(train).score_maps(test)
+    fresh_memo.forget_memoised()
+    np.testing.assert_allclose(from_memo, CSDScorer(k=7).fit_maps(train).score_maps(test), rtol=1e-6)
+
+
+def test_a_k_wider_than_the_memo_searches_again(fresh_memo, monkeypatch):
+    monkeypatch.setattr(fresh_memo, "MEMO_WIDTH", 4)
+    train, test = _maps(30, seed=1), _maps(5, seed=2)
+    CSDScorer(k=2).fit_maps(train).score_maps(test)
+    wide = CSDScorer(k=20).fit_maps(train).score_maps(test)
+    fresh_memo.forget_memoised()
+    np.testing.assert_allclose(wide, CSDScorer(k=20).fit_maps(train).score_maps(test), rtol=1e-6)
+
+
+def test_another_grid_is_another_table(fresh_memo):
+    train, test = _maps(30, seed=1), _maps(5, seed=2)
+    CSDScorer(k=3, grid=2).fit_maps(train).score_maps(test)
+    CSDScorer(k=3, grid=1).fit_maps(train).score_maps(test)
+    assert len(fresh_memo._TABLES) == 2
