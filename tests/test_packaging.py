@@ -6,6 +6,7 @@ and ``*.egg-info`` folders never land in the repository.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the version checks below are skipped (CI runs 3.11)
+    tomllib = None
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBPACKAGES = ["benchmark", "data", "models", "sweep", "tracking"]
@@ -99,3 +107,61 @@ def test_console_script_is_declared(wheel, wheel_names):
     with zipfile.ZipFile(wheel) as zf:
         text = zf.read(entry_points).decode()
     assert "oodsweep = orchestrator.cli:main" in text
+
+
+# ---------------------------------------------------------------------------------------------- versions
+# pyproject.toml asks for ranges (a GPU machine's CUDA build of torch must survive `pip install -e .`);
+# constraints/cpu.txt pins the CPU reference versions inside them, for CI (.ci/run) and the README's quick start.
+CONSTRAINTS = ROOT / "constraints" / "cpu.txt"
+#: The oldest versions the suite has run on: the lower bounds of the ranges.
+OLDEST_TESTED = {"torch": "2.14.1", "torchvision": "0.29.1"}
+
+
+def _requirements(*extras: str) -> list[Requirement]:
+    if tomllib is None:
+        return []
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
+    return [Requirement(line) for line in lines]
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)", line).groups()
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+@pytest.mark.parametrize("req", [str(r) for r in _requirements("test", "docs", "gpu", "dashboard")])
+def test_no_dependency_is_pinned_exactly(req):
+    assert "==" not in str(Requirement(req).specifier)
+
+
+@pytest.mark.parametrize("name, oldest", sorted(OLDEST_TESTED.items()))
+def test_torch_ranges_start_at_the_oldest_tested_version(name, oldest):
+    (req,) = [r for r in _requirements() if r.name == name]
+    assert str(req.specifier) == f">={oldest}"
+
+
+@pytest.mark.parametrize("name", sorted(OLDEST_TESTED))
+def test_the_constraints_pin_the_oldest_tested_torch(name):
+    assert _pins()[name] == OLDEST_TESTED[name]
+
+
+@pytest.mark.parametrize("req", [str(r) for r in _requirements("test", "docs")])
+def test_every_dependency_is_pinned_in_the_constraints(req):
+    assert canonicalize_name(Requirement(req).name) in _pins()
+
+
+@pytest.mark.parametrize("req", [str(r) for r in _requirements("test", "docs")])
+def test_every_pin_lies_in_its_range(req):
+    r = Requirement(req)
+    assert r.specifier.contains(_pins()[canonicalize_name(r.name)], prereleases=True)
+
+
+@pytest.mark.parametrize("path", [".ci/run", "README.md"])
+def test_installs_use_the_constraints(path):
+    assert "-c constraints/cpu.txt" in (ROOT / path).read_text()

@@ -32,7 +32,7 @@ def available() -> dict[str, str]:
 
 
 def load(name: str, data_root: str | None = None, smoke: bool = False) -> Benchmark:
-    """A registered benchmark by name, or a custom benchmark YAML file (docs/custom_benchmark.md).
+    """A registered benchmark by name, or a custom benchmark YAML file (docs/how-to/custom-benchmark.md).
 
     Raises :class:`orchestrator.registry.UnknownEntry` for an unknown name and
     :class:`orchestrator.data.base.DataUnavailable` when the data cannot be found.

@@ -1,6 +1,6 @@
 """User-defined benchmarks from a YAML file: ``python -m orchestrator sweep METHOD --benchmark my_bench.yaml``.
 
-Format (see ``docs/custom_benchmark.md`` for a worked example)::
+Format (see ``docs/how-to/custom-benchmark.md`` for a worked example)::
 
     name: my-bench               # optional; default: the file name without .yaml
     image_size: 32               # optional: N or [H, W]; default: the size of the first ID training image

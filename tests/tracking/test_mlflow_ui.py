@@ -2,7 +2,7 @@
 headless Chromium on the run pages, and MLflow's REST API.
 
 Needs Chromium (Debian: `apt-get install -y chromium`; chromium-driver is not needed by this test); skips otherwise.
-`OODSWEEP_UPDATE_SCREENSHOT=1` also writes the screenshot to docs/mlflow_ui.png (the README's picture).
+`OODSWEEP_UPDATE_SCREENSHOT=1` also writes the screenshot to docs/img/mlflow_ui.png (the README's picture).
 """
 import json
 import os
@@ -160,5 +160,5 @@ def test_browser_shows_parent_children_and_heatmap(ui, swept):
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 20_000  # a rendered page, not a blank one
     if os.environ.get("OODSWEEP_UPDATE_SCREENSHOT") == "1":
-        (ROOT / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(shot, ROOT / "docs" / "mlflow_ui.png")
+        (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, ROOT / "docs" / "img" / "mlflow_ui.png")
