@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--profile", default=None)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="oodsweep-overhead-"))
-    ray.init(num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
     sweep(work, args.benchmark, 2, args.concurrent, "warm-up")  # trains + extracts the classifier once
     floors = {n: floor(n, args.concurrent) for n in (args.small, args.large)}
     sweeps = {n: sweep(work, args.benchmark, n, args.concurrent, str(n),

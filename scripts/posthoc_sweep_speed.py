@@ -76,7 +76,7 @@ def main() -> None:
     bench = benchmarks.load(args.benchmark)
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
     t_ray = time.perf_counter() - t0
     tracking = f"sqlite:///{work / 'mlflow.db'}"
     t0 = time.perf_counter()

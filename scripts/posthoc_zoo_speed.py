@@ -49,7 +49,7 @@ def main() -> None:
            and not (args.skip_network and m["reads"] == "network") and m["name"] not in args.skip]
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False)
     t_ray = time.perf_counter() - t0
     tracking = f"sqlite:///{work / 'mlflow.db'}"
     t0 = time.perf_counter()

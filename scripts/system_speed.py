@@ -98,7 +98,7 @@ def overhead(n: int, seconds: float, report_seconds: list[float]) -> None:
         work = Path(tempfile.mkdtemp())
         prep = prepare(_sweep_opts(work, method="ascood", num_samples=n, max_concurrent=1, epochs=epochs,
                                          cpus_per_trial=1, report_seconds=every))
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
         t0 = time.perf_counter()
         res = run_sweep(prep)
         wall = time.perf_counter() - t0
@@ -135,7 +135,7 @@ def parallel() -> None:
 
     work = Path(tempfile.mkdtemp())
     epochs = _epochs_for(15)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     times = {}
     for conc in (1, 2):
         prep = prepare(_sweep_opts(work / str(conc), method="ascood", num_samples=4, max_concurrent=conc,
