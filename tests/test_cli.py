@@ -1,4 +1,5 @@
 """Bad input: one clear line on stderr, exit code 2, and nothing written (no MLflow store, no Ray results)."""
+import json
 import subprocess
 import sys
 
@@ -24,7 +25,9 @@ BAD_SPACES = {
 }
 
 
-@pytest.mark.parametrize("args, message", [
+#: (argv, what its one stderr line contains). Run in one Python process (its imports paid once), each case in a
+#: fresh folder with stderr captured at the file descriptor, so a library's own writes would show too.
+BAD_INPUT = [
     (["sweep", "no-such-method"], "unknown method 'no-such-method' (known: ascood, ash, csd,"),
     (["sweep", "ascood", "--benchmark", "no-such-bench"], "unknown benchmark 'no-such-bench' (known: cifar10, cifar100, digits, fashion-mnist, imagenet, imagenet200)"),
     (["sweep", "ascood", "--benchmark", "digit"], "unknown benchmark 'digit'; did you mean 'digits'?"),
@@ -50,23 +53,95 @@ BAD_SPACES = {
     (["sweep", "energy", "--name", "n" * 300], "--name may be at most 100 characters"),
     (["sweep", "energy", "--max-failures", "-1"], "--max-failures must be 0 or more"),
     (["sweep", "energy", "--address", "127.0.0.1:9"], "--address 127.0.0.1:9: nothing answers there"),
-    # needs the cluster, so Ray starts (a private instance) — and still nothing is written
-    (["sweep", "energy", "--no-dashboard", "--cpus-per-trial", "64"],
-     "no node of this Ray cluster can run a trial: 64 CPUs per trial, but the largest node has"),
-])
-def test_bad_input_fails_cleanly(tmp_path, args, message):
+]
+#: Needs the cluster, so Ray starts (a private instance) — and still nothing is written: a process of its own.
+RAY_STARTS = (["sweep", "energy", "--no-dashboard", "--cpus-per-trial", "64"],
+              "no node of this Ray cluster can run a trial: 64 CPUs per trial, but the largest node has")
+
+_DRIVER = """
+import json, os, sys, tempfile
+from orchestrator.cli import main
+cases, results = json.loads(open(sys.argv[1]).read()), []
+for cwd, args in cases:
+    os.chdir(cwd)
+    with tempfile.TemporaryFile() as err:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            try:
+                code = main(args)
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        results.append({"code": code, "stderr": err.read().decode(errors="replace")})
+open(sys.argv[2], "w").write(json.dumps(results))
+"""
+
+
+def _case_folder(folder):
+    folder.mkdir(parents=True)
     for name, text in BAD_SPACES.items():
-        (tmp_path / name).write_text(text)
-    (tmp_path / "afolder").mkdir()
-    (tmp_path / "afile").write_text("not a folder")
-    (tmp_path / "broken.db").write_bytes(b"this is not an SQLite database" * 100)
-    before = set(p.name for p in tmp_path.iterdir())
-    res = _run(args, tmp_path)
-    lines = res.stderr.strip().splitlines()
+        (folder / name).write_text(text)
+    (folder / "afolder").mkdir()
+    (folder / "afile").write_text("not a folder")
+    (folder / "broken.db").write_bytes(b"this is not an SQLite database" * 100)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+    """{case index: (exit code, stderr, folder names before, after)} of every BAD_INPUT case."""
+    root = tmp_path_factory.mktemp("bad-input")
+    folders = [_case_folder(root / f"case{i}") for i in range(len(BAD_INPUT))]
+    before = [set(p.name for p in f.iterdir()) for f in folders]
+    (root / "cases.json").write_text(json.dumps([[str(f), args] for f, (args, _) in zip(folders, BAD_INPUT, strict=True)]))
+    home = root / "home"  # Ray keeps its auth token under $HOME: not the folders we check
+    home.mkdir()
+    res = subprocess.run([sys.executable, "-c", _DRIVER, str(root / "cases.json"), str(root / "results.json")],
+                         cwd=root, capture_output=True, text=True, timeout=600,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(home)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads((root / "results.json").read_text())
+    return {i: (r["code"], r["stderr"], before[i], set(p.name for p in folders[i].iterdir()))
+            for i, r in enumerate(results)}
+
+
+def _one_line(stderr):
+    return stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUT)), ids=[" ".join(a)[:60] for a, _ in BAD_INPUT])
+def test_bad_input_exits_2(bad_input_runs, case):
+    code, err, _, _ = bad_input_runs[case]
+    assert code == 2, err
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUT)), ids=[" ".join(a)[:60] for a, _ in BAD_INPUT])
+def test_bad_input_says_what_to_fix_in_one_line(bad_input_runs, case):
+    _, err, _, _ = bad_input_runs[case]
+    lines = _one_line(err)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and BAD_INPUT[case][1] in lines[0], err
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUT)), ids=[" ".join(a)[:60] for a, _ in BAD_INPUT])
+def test_bad_input_writes_nothing(bad_input_runs, case):
+    _, _, before, after = bad_input_runs[case]
+    assert after == before  # no mlflow.db, no ray_results
+
+
+def test_bad_trial_resources_fail_cleanly_after_ray_starts(tmp_path):
+    folder = _case_folder(tmp_path / "case")
+    before = set(p.name for p in folder.iterdir())
+    res = _run(RAY_STARTS[0], folder)
+    lines = _one_line(res.stderr)
     assert res.returncode == 2, res.stderr
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: ") and message in lines[0], res.stderr
-    assert set(p.name for p in tmp_path.iterdir()) == before  # no mlflow.db, no ray_results
+    assert len(lines) == 1 and lines[0].startswith("error: ") and RAY_STARTS[1] in lines[0], res.stderr
+    assert set(p.name for p in folder.iterdir()) == before
 
 
 def test_help_and_list(tmp_path):
