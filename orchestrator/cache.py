@@ -214,12 +214,23 @@ class ModelCache:
 
     @contextlib.contextmanager
     def lock(self, key: str):
-        """Exclusive per-key lock across processes on this machine (and on NFS with working flock)."""
+        """Exclusive per-key lock across processes on this machine (and on NFS with working flock). The holder
+        writes who it is into the lock file; a process that finds the lock held says on stdout what it waits for
+        and who holds it (nothing waits without saying so: a study's sweeps may want the same network at once)."""
         path = self.root / "locks" / f"{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        with open(path, "a+") as f:
             try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                print(f"waiting for the model cache: {key} is being built by {holder}", flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.truncate(0)
+                f.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
+                f.flush()
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)

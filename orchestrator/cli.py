@@ -7,7 +7,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
+
+#: The range of every numeric flag of every command (a flag means the same wherever it appears), checked before a
+#: command runs: flag -> (lowest, highest or None). tests/test_numeric_flags.py fails for a numeric flag missing
+#: here. Checks that depend on other values stay where those are known (orchestrator.sweep.prepare).
+NUMERIC_FLAGS: dict[str, tuple[float, float | None]] = {
+    "--num-samples": (1, None), "--max-concurrent": (1, None), "--epochs": (1, None),
+    "--seed": (0, 2**32 - 1),  # NumPy's and Optuna's samplers take seeds below 2**32
+    "--cpus-per-trial": (0, None), "--gpus-per-trial": (0, None), "--num-cpus": (1, None), "--num-gpus": (0, None),
+    "--grace-period": (1, None), "--reduction-factor": (2, None), "--report-seconds": (0, None),
+    "--max-failures": (0, None), "--seeds": (0, None), "--batch-size": (0, None), "--port": (1, 65535),
+    "--store-retry-seconds": (0, None), "--max-concurrent-sweeps": (1, None),
+}
+STORE_RETRY_HELP = ("how long a tracking server or Optuna database may stay silent before the sweep's records go to "
+                    "its spool (python -m orchestrator sync replays them; default 300)")
 
 
 def _sweep_parser(sub) -> None:
@@ -17,7 +32,7 @@ def _sweep_parser(sub) -> None:
     p.add_argument("method", help="method name (see `list`)")
     p.add_argument("--benchmark", default="digits",
                    help="benchmark name (default: digits, needs no download), or a custom benchmark YAML "
-                        "(docs/custom_benchmark.md)")
+                        "(docs/how-to/custom-benchmark.md)")
     p.add_argument("--num-samples", type=int, help="number of trials (default: the YAML's budget)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the YAML's budget)")
     p.add_argument("--epochs", type=int, help="override the training epochs")
@@ -75,13 +90,23 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--optuna-storage", metavar="URL",
                    help="Optuna RDB storage of the sweep's study (default: optuna.db beside a SQLite MLflow store, "
                         "else in --storage-path); open it with optuna-dashboard URL")
+    p.add_argument("--store-retry-seconds", type=float, metavar="S", help=STORE_RETRY_HELP)
+    p.add_argument("--max-id-acc-drop", metavar="POINTS|none",
+                   help="methods that train: a configuration is chosen only if its ID validation accuracy is at most "
+                        "POINTS below the cross-entropy classifier's of the same recipe and seed (default: the YAML's "
+                        "max_id_acc_drop, else 1.0; none: off; docs/constrained_selection.md)")
 
 
 def _cmd_sweep(args) -> int:
     from orchestrator.errors import UsageError
+    from orchestrator.sweep import constraint
     from orchestrator.sweep.prepare import SweepOptions, prepare, prepare_resume
     from orchestrator.sweep.runner import print_summary, run
 
+    if args.max_id_acc_drop is not None:
+        if args.resume:
+            raise UsageError("--max-id-acc-drop: a resumed sweep keeps the ID-accuracy margin it started with")
+        constraint.check_margin(args.max_id_acc_drop, "--max-id-acc-drop")
     if args.resume:
         prep = prepare_resume(args.resume, args.storage_path, quiet=args.quiet or None,
                               address=args.address, cache_dir=args.cache_dir)
@@ -101,13 +126,28 @@ def _cmd_sweep(args) -> int:
             seeds=args.seeds, seeds_every_trial=args.seeds_every_trial, figures=not args.no_figures,
             quiet=args.quiet, batch_size=args.batch_size, optuna_storage=args.optuna_storage, model=args.model,
             weights=args.weights, model_layers=args.model_layers))
+    if args.max_id_acc_drop is not None:
+        constraint.set_margin(prep, args.max_id_acc_drop, "--max-id-acc-drop")
+    if not args.resume:
+        constraint.check(prep)
     result = run(prep)
     print_summary(result, prep.space.metric)
+    if result.spooled:  # docs/store_outages.md
+        print(f"error: {spool_line(result)}", file=sys.stderr)
     if result.interrupted:
         from orchestrator.sweep.interrupt import EXIT_CODES
 
         return EXIT_CODES[result.interrupted]
+    if result.spooled:
+        return 3
     return 0 if result.best_matrix is not None else 1
+
+
+def spool_line(result) -> str:
+    """The one line of a sweep whose stores did not take some records (exit code 3)."""
+    away = " and ".join(result.away) or "the tracking stores"
+    return (f"{away} did not take {result.spooled} records of this sweep; they are kept in {result.spool}: write "
+            f"them with {result.sync_command} [--tracking-uri URI]")
 
 
 #: ``list``'s words for each of ``methods.registry.READS``.
@@ -179,17 +219,41 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--server", action="store_true",
                     help="run `mlflow server` (REST API for sweeps on other machines) instead of `mlflow ui`")
     _benchmark_parser(sub)
-    from orchestrator.tracking import report
+    from orchestrator.tracking import report, sync
 
     report.add_parser(sub)
+    sync.add_parser(sub)
     return parser
+
+
+def numeric_actions(parser: argparse.ArgumentParser) -> dict[str, list[argparse.Action]]:
+    """{command: its flags that take an int or a float} (argparse offers no public way to list its actions)."""
+    subs = next(a for a in parser._actions if isinstance(a.choices, dict))
+    return {name: [a for a in sub._actions if a.option_strings and a.type in (int, float)]
+            for name, sub in subs.choices.items()}
+
+
+def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """UsageError for the first numeric flag of ``args`` outside its range (:data:`NUMERIC_FLAGS`)."""
+    from orchestrator.errors import UsageError
+
+    for action in numeric_actions(parser).get(args.command, []):
+        value, flag = getattr(args, action.dest, None), max(action.option_strings, key=len)
+        if value is None or flag not in NUMERIC_FLAGS:
+            continue
+        low, high = NUMERIC_FLAGS[flag]
+        if math.isfinite(value) and value >= low and (high is None or value <= high):
+            continue
+        if high is not None:
+            raise UsageError(f"{flag} must be between {low:g} and {high:g}, got {value}")
+        raise UsageError(f"{flag} must be {'0 or more' if low == 0 else f'at least {low:g}'}, got {value}")
 
 
 def _benchmark_parser(sub) -> None:
     p = sub.add_parser("benchmark", help="run a study (entries × benchmarks × seeds) and write its leaderboard",
                        description="Run every sweep of STUDY.yaml in one Ray job and write a leaderboard with paired "
                                    "bootstrap intervals against each entry's baseline. Running it again continues "
-                                   "the study. Format: docs/benchmark.md.")
+                                   "the study. Format: docs/tutorials/study.md.")
     p.add_argument("study", metavar="STUDY.yaml")
     p.add_argument("--dry-run", action="store_true", help="print the sweeps, trials and trainings; run nothing")
     p.add_argument("--out", help="leaderboard folder (default: <storage-path>/<study>)")
@@ -205,6 +269,10 @@ def _benchmark_parser(sub) -> None:
     p.add_argument("--experiment", default="oodsweep", help="MLflow experiment name (default oodsweep)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     p.add_argument("--no-figures", action="store_true", help="skip each sweep's figures (the leaderboard's stays)")
+    p.add_argument("--max-concurrent-sweeps", type=int, metavar="N",
+                   help="sweeps at once at most (default: the study's max_concurrent_sweeps, else as many as the "
+                        "cluster's free resources allow; docs/study_concurrency.md)")
+    p.add_argument("--store-retry-seconds", type=float, metavar="S", help=STORE_RETRY_HELP)
 
 
 def _cmd_benchmark(args) -> int:
@@ -214,7 +282,8 @@ def _cmd_benchmark(args) -> int:
                   data_root=args.data_root, cache_dir=args.cache_dir, cpus_per_trial=args.cpus_per_trial,
                   gpus_per_trial=args.gpus_per_trial, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                   experiment=args.experiment, dashboard=not args.no_dashboard, figures=not args.no_figures)
-    return run(args.study, common, dry_run=args.dry_run, out=args.out, argv=sys.argv[1:] if argv_is_cli() else None)
+    return run(args.study, common, dry_run=args.dry_run, out=args.out, argv=sys.argv[1:] if argv_is_cli() else None,
+               max_concurrent_sweeps=args.max_concurrent_sweeps)
 
 
 def argv_is_cli() -> bool:
@@ -279,10 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.errors import UsageError
 
     try:
-        from orchestrator.tracking import report
+        from orchestrator.tracking import report, sync
+        from orchestrator.tracking.writer import set_retry_seconds
 
+        check_numbers(parser, args)
+        if getattr(args, "store_retry_seconds", None) is not None:
+            set_retry_seconds(args.store_retry_seconds)
         return {"sweep": _cmd_sweep, "list": _cmd_list, "ui": _cmd_ui, "report": report.run,
-                "benchmark": _cmd_benchmark}[args.command](args)
+                "benchmark": _cmd_benchmark, "sync": sync.run}[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,8 @@ Format (``search_spaces/<method>.yaml``)::
     fixed: {epochs: 10}        # constants; override the benchmark's training recipe too
     resources: {cpu: 1, gpu: 0}  # per trial; --cpus-per-trial / --gpus-per-trial override (fractions allowed)
     smoke: {num_samples: 2, epochs: 1, teacher: self}  # --smoke-test budget; other keys are fixed values
+    max_id_acc_drop: 1.0       # methods that train: feasible = ID val accuracy at most 1.0 points below the
+                               # cross-entropy classifier's (default 1.0; none = off; orchestrator.sweep.constraint)
 
 Multi-objective: ``metric: [val/auroc, val/acc]`` with ``mode: [max, max]`` (Optuna's multi-objective
 sampler; the sweep reports the Pareto front).
@@ -28,6 +30,7 @@ The bundled files ship inside the installed package (``search_spaces`` is a pack
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -46,7 +49,11 @@ BUNDLED = "search_spaces"
 #: What every trial reports for the validation sets (``orchestrator.evaluation.validate``): the only metrics a
 #: sweep may optimise. Test-set metrics are reported, never optimised on.
 OBJECTIVES = ("val/auroc", "val/aupr_in", "val/aupr_out", "val/fpr95", "val/acc")
-_TOP_KEYS = {"description", "metric", "mode", "budget", "space", "fixed", "smoke", "resources"}
+_TOP_KEYS = {"description", "metric", "mode", "budget", "space", "fixed", "smoke", "resources", "max_id_acc_drop"}
+#: Default of ``max_id_acc_drop``: a configuration of a method that trains or fine-tunes is feasible when its ID
+#: validation accuracy is at most this many percentage points below the cross-entropy classifier's of the same recipe
+#: and seed (:mod:`orchestrator.sweep.constraint`); ``none`` turns the constraint off.
+DEFAULT_MAX_ID_ACC_DROP = 1.0
 _RESOURCE_KEYS = {"cpu", "gpu"}
 _BUDGET_KEYS = {"num_samples", "max_concurrent"}
 
@@ -94,6 +101,9 @@ class SearchSpace:
     resources: dict[str, float] = field(default_factory=dict)
     #: (metric, mode) pairs; one pair = single-objective, with ``metric``/``mode`` its first entry.
     objectives: list[tuple[str, str]] = field(default_factory=list)
+    #: Percentage points of ID validation accuracy a configuration may lose against the cross-entropy classifier
+    #: and still be chosen (None: no constraint); see :mod:`orchestrator.sweep.constraint`.
+    max_id_acc_drop: float | None = DEFAULT_MAX_ID_ACC_DROP
 
     def __post_init__(self):
         if not self.objectives:
@@ -110,7 +120,7 @@ class SearchSpace:
     def as_dict(self) -> dict[str, Any]:
         return {"objectives": [list(o) for o in self.objectives], "num_samples": self.num_samples,
                 "max_concurrent": self.max_concurrent, "space": [k.describe() for k in self.knobs],
-                "fixed": self.fixed}
+                "fixed": self.fixed, "max_id_acc_drop": self.max_id_acc_drop}
 
 
 @dataclass
@@ -196,7 +206,26 @@ def parse(data: Any, method: str, path: str = "<search space>") -> SearchSpace:
     return SearchSpace(method=method, path=str(path), description=str(data.get("description", "")),
                        num_samples=budget.get("num_samples", 8), max_concurrent=budget.get("max_concurrent", 2),
                        knobs=knobs, fixed=dict(fixed), smoke=dict(smoke), resources=dict(resources),
-                       objectives=objectives)
+                       objectives=objectives,
+                       max_id_acc_drop=parse_max_id_acc_drop(data.get("max_id_acc_drop", DEFAULT_MAX_ID_ACC_DROP),
+                                                             f"{path}: max_id_acc_drop"))
+
+
+def parse_max_id_acc_drop(value: Any, where: str) -> float | None:
+    """A margin in percentage points (a number >= 0), or None for ``none`` / null (no constraint); SearchSpaceError
+    naming ``where`` otherwise. Accepts the strings a command-line flag gives ("1.5", "none")."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "off")):
+        return None
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0:
+        raise SearchSpaceError(f"{where} must be a number of percentage points >= 0 (e.g. 1.0) or none, "
+                               f"got {value!r}")
+    return float(number)
 
 
 def parse_objectives(metric: Any, mode: Any, path: str = "<search space>") -> list[tuple[str, str]]:

@@ -56,6 +56,25 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator, pad: int = 4
     return torch.where(mirror, x.flip(3), x).contiguous(memory_format=torch.channels_last)
 
 
+class EpochStreams:
+    """A trainer's own random streams, re-seeded at every epoch from (seed, epoch, tag): a NumPy generator
+    (``numpy``) and a CPU torch generator (``torch``). A trial resumed from a checkpoint (taken at the end of an
+    epoch) then draws what it would have drawn (mixing weights, permutations, virtual outliers); ``tag`` keeps two
+    streams of one trainer apart. Call ``at(epoch)`` before each draw."""
+
+    def __init__(self, seed: int, tag: int):
+        self.seed, self.tag, self.epoch = int(seed), int(tag), None
+        self.numpy: np.random.Generator | None = None
+        self.torch: torch.Generator | None = None
+
+    def at(self, epoch: int) -> EpochStreams:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.numpy = np.random.default_rng([self.seed, epoch, self.tag])
+            self.torch = torch.Generator().manual_seed(int(self.numpy.integers(2 ** 62)))
+        return self
+
+
 class Trainer:
     """Cross-entropy training with SGD + cosine schedule; subclasses override :meth:`loss`.
 

@@ -27,6 +27,7 @@ from orchestrator.data.base import Benchmark, Split
 from orchestrator.data.lazy import select
 from orchestrator.evaluation import (
     OutputStore,
+    accuracy,
     evaluate,
     fit_scorer,
     fits_on_train,
@@ -257,6 +258,21 @@ def extract_shard(config: dict[str, Any], bench: Benchmark, settings: TrialSetti
         piece = Split(select(part.x, slice(start, stop)), None if part.y is None else part.y[start:stop])
         cache.save_outputs(key, name, with_fmap, extract(net.model.eval(), piece, net.device, with_fmap))
     return name
+
+
+def reference_accuracy(config: dict[str, Any], bench: Benchmark, settings: TrialSettings) -> dict[str, Any]:
+    """The ID accuracy a configuration of a method that trains is held to (:mod:`orchestrator.sweep.constraint`):
+    that of the cross-entropy classifier of ``config``'s recipe and this sweep's seed — the network post-hoc methods
+    score, and fine-tuning methods start from: the same cache entry, reused, trained here on a miss — or, with
+    ``--model``, of the user's network. Returns {key, trained, val_acc, test_acc} (accuracies as fractions)."""
+    seed_everything(settings)
+    params = trial_params(methods.get(settings.method), config, bench)
+    device = pick_device()
+    cache = ModelCache(settings.cache_dir)
+    model, key, trained = obtain_model(CrossEntropyClassifier(), base_params(params), bench, settings, device, cache)
+    store = store_for(model.eval(), bench, device, cache, key)
+    return {"key": key, "trained": trained, "val_acc": accuracy(store, "id_val"),
+            "test_acc": accuracy(store, "id_test")}
 
 
 def run_trial(config: dict[str, Any], bench: Benchmark, settings: TrialSettings,

@@ -6,6 +6,11 @@ paired by seed (both sweeps of a seed share the seed's network initialisation an
 difference, with a 95% percentile bootstrap interval over seeds (10,000 resamples, seeded). With few seeds the
 interval is coarse — at n = 2 a resample can only take three values — and the table says n so that a reader can
 judge. FPR@95 uses the study's convention, named in the header.
+
+Where a sweep applied the ID-accuracy constraint (:mod:`orchestrator.sweep.constraint`), its chosen configuration's
+child run carries its verdict: the row says for how many seeds the chosen configuration was feasible and the largest
+validation ID-accuracy drop against the cross-entropy classifier, and marks (✗) a row where some seed's was not — that
+sweep found no feasible configuration and reported its least infeasible one.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from orchestrator.sweep.constraint import DROP_METRIC, FEASIBLE_METRIC
 
 #: The columns: (key in a row, MLflow metric of the sweep's best trial, title).
 MEASURES = (("near_auroc", "near/auroc", "Near AUROC"), ("far_auroc", "far/auroc", "Far AUROC"),
@@ -51,6 +58,23 @@ class Row:
     def n(self) -> int:
         return len(self.samples)
 
+    @property
+    def feasibility(self) -> tuple[int, int]:
+        """(seeds whose chosen configuration met the ID-accuracy constraint, seeds judged by it)."""
+        judged = [m[FEASIBLE_METRIC] for m in self.samples.values() if FEASIBLE_METRIC in m]
+        return sum(v > 0 for v in judged), len(judged)
+
+    @property
+    def infeasible(self) -> bool:
+        ok, judged = self.feasibility
+        return ok < judged
+
+    @property
+    def max_drop(self) -> float | None:
+        """The largest validation ID-accuracy drop (points) of the chosen configurations against the reference."""
+        drops = [m[DROP_METRIC] for m in self.samples.values() if DROP_METRIC in m]
+        return max(drops) if drops else None
+
 
 def build(rows: list[Row]) -> list[Row]:
     """Fill each row's mean ± std (sample std, ddof=1) and its paired difference to its baseline's row."""
@@ -85,13 +109,20 @@ def _diff(d: tuple[float, float, float, int] | None) -> str:
 
 def headers(convention: str) -> list[str]:
     titles = [t + (f" ({convention}, ↓)" if "FPR" in t else "") for _, _, t in MEASURES]
-    return ["Entry", "Method", "Benchmark", "n", *titles, "Baseline",
+    return ["Entry", "Method", "Benchmark", "n", *titles, "Feasible", "Max ID-acc drop (val, pts)", "Baseline",
             *[f"{t} vs baseline (95% CI)" for _, _, t in COMPARED]]
 
 
+def _feasible(r: Row) -> str:
+    ok, judged = r.feasibility
+    return "–" if not judged else f"{ok}/{judged}" + (" ✗" if ok < judged else "")
+
+
 def cells(r: Row) -> list[str]:
-    return [r.entry, r.method, r.benchmark, str(r.n),
-            *[_pct(*r.stats[k]) if k in r.stats else "–" for k, _, _ in MEASURES], r.baseline or "–",
+    drop = r.max_drop
+    return [r.entry + (" ✗" if r.infeasible else ""), r.method, r.benchmark, str(r.n),
+            *[_pct(*r.stats[k]) if k in r.stats else "–" for k, _, _ in MEASURES], _feasible(r),
+            "–" if drop is None else f"{drop:+.2f}", r.baseline or "–",
             *[_diff(r.diffs.get(k)) for k, _, _ in COMPARED]]
 
 
@@ -102,7 +133,10 @@ def markdown(rows: list[Row], convention: str, title: str, command: str) -> str:
              "std over n distinct seeds. The Δ columns are the mean per-seed difference to the baseline entry (same "
              f"seed, same benchmark) with a {int(LEVEL * 100)}% percentile bootstrap interval over seeds "
              f"({BOOTSTRAP_RESAMPLES:,} resamples); at small n that interval is coarse. FPR@95: {convention} "
-             "convention.", "",
+             "convention. Feasible: seeds whose chosen configuration kept its ID validation accuracy within the "
+             "sweep's max_id_acc_drop of the cross-entropy classifier of the same recipe and seed (– : not "
+             "constrained); ✗ marks a row where a sweep found no feasible configuration and reports its least "
+             "infeasible one; the drop column is the largest such loss, in points (negative: a gain).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -115,7 +149,7 @@ def csv_text(rows: list[Row], convention: str) -> str:
     cols = ["entry", "method", "benchmark", "n", "seeds", "fpr95_convention"]
     for key, _, _ in MEASURES:
         cols += [f"{key}_mean", f"{key}_std"]
-    cols.append("baseline")
+    cols += ["feasible_seeds", "constrained_seeds", "max_id_acc_drop_points", "baseline"]
     for key, _, _ in COMPARED:
         cols += [f"delta_{key}_mean", f"delta_{key}_ci_low", f"delta_{key}_ci_high", f"delta_{key}_n"]
     w.writerow(cols)
@@ -123,7 +157,8 @@ def csv_text(rows: list[Row], convention: str) -> str:
         line = [r.entry, r.method, r.benchmark, r.n, " ".join(str(s) for s in sorted(r.samples)), convention]
         for key, _, _ in MEASURES:
             line += list(r.stats.get(key, ("", "")))
-        line.append(r.baseline or "")
+        drop = r.max_drop
+        line += [*r.feasibility, "" if drop is None else drop, r.baseline or ""]
         for key, _, _ in COMPARED:
             line += list(r.diffs.get(key, ("", "", "", "")))
         w.writerow(line)
@@ -147,7 +182,8 @@ def figure(rows: list[Row], title: str):
             mean = [100 * r.stats.get(key, (np.nan, 0))[0] for r in mine]
             std = [100 * r.stats.get(key, (np.nan, 0))[1] for r in mine]
             ax.bar(x + offset, mean, 0.4, yerr=std, capsize=3, label=f"{label} AUROC")
-        ax.set_xticks(x, [f"{r.entry}\n(n={r.n})" for r in mine], fontsize=8)
+        ax.set_xticks(x, [f"{r.entry}{' (infeasible)' if r.infeasible else ''}\n(n={r.n})" for r in mine],
+                      fontsize=8)
         ax.set_ylabel("test AUROC (%)")
         ax.set_ylim(0, 100)
         ax.set_title(bench, fontsize=10)

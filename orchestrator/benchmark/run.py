@@ -1,11 +1,15 @@
-"""``python -m orchestrator benchmark STUDY.yaml``: every sweep of a study in one Ray job, then its leaderboard.
+"""``python -m orchestrator benchmark STUDY.yaml``: every sweep of a study on one Ray cluster, then its leaderboard.
 
-The sweeps run one after another in this driver on one Ray instance (the first sweep starts it, or joins
-``--address``); each sweep spreads its own trials over the cluster, and all of them share the model and output
-cache, so a classifier that several post-hoc entries score is trained once per benchmark and seed. One MLflow
-parent run stands for the study; each sweep's parent run is nested under it (tag ``oodsweep.study``).
-Running the same command again continues the study: finished sweeps are kept, an interrupted one is resumed
-(``--resume`` semantics), the rest run. State: ``<storage>/<study>/oodsweep_study.json``.
+The study's driver starts the cluster (or joins ``--address``) and runs each sweep in a driver process of its own
+(:mod:`orchestrator.benchmark.drivers`), as many at once as the cluster's free resources allow
+(:mod:`orchestrator.benchmark.schedule`; ``--max-concurrent-sweeps`` / ``max_concurrent_sweeps`` bound it): each
+sweep is a whole sweep as when run alone — its own Ray job, Optuna study, MLflow parent run (nested under the
+study's: tag ``oodsweep.study``) and resume state. All share the model and output cache, so a classifier that
+several post-hoc entries score is trained once per benchmark and seed: the first sweep that starts trains it, the
+others wait for it while other sweeps run. Why processes, and what was measured: docs/study_concurrency.md.
+Running the same command again continues the study: finished sweeps are kept, interrupted ones are resumed
+(``--resume`` semantics), the rest run. Ctrl-C / SIGTERM stop every running sweep (each KILLED) and the study
+exits 130 / 143 with the command that continues it. State: ``<storage>/<study>/oodsweep_study.json``.
 """
 from __future__ import annotations
 
@@ -40,27 +44,32 @@ def command_line(argv: list[str]) -> str:
 
 
 def run(study_file: str, common: dict[str, Any], dry_run: bool = False, out: str | None = None,
-        argv: list[str] | None = None) -> int:
-    """Plan (and with ``dry_run`` only print) the study, run its sweeps, write the leaderboard; the exit code."""
-    from orchestrator.sweep import state as sweep_state
-    from orchestrator.sweep.batched import kept_between_sweeps
+        argv: list[str] | None = None, max_concurrent_sweeps: int | None = None) -> int:
+    """Plan (and with ``dry_run`` only print) the study, run its sweeps — as many at once as the cluster's free
+    resources allow, at most ``max_concurrent_sweeps`` (else the study's key of that name) — write the leaderboard;
+    the exit code."""
+    from orchestrator.sweep import runner
+    from orchestrator.sweep.interrupt import StopSignals
     from orchestrator.tracking import runs
 
     spec = plan.load(study_file)
+    at_most = spec.max_concurrent_sweeps if max_concurrent_sweeps is None else max_concurrent_sweeps
+    if at_most is not None and at_most < 1:
+        raise UsageError(f"--max-concurrent-sweeps must be at least 1, got {at_most}")
     storage = common.get("storage_path") or "ray_results"
     if "://" in storage:
         raise UsageError("a study keeps its state in a local --storage-path folder (shared filesystems work)")
     folder = Path(storage).resolve() / spec.name
     state = _read_state(folder)
-    started = frozenset(n for n in state["sweeps"] if (folder.parent / n / sweep_state.STATE_FILE).is_file())
     common = {**common, "storage_path": str(folder.parent)}
-    planned = plan.expand(spec, common, started=started)
+    planned = plan.expand(spec, common, started=_started(folder.parent))
     if dry_run:
-        print(plan.describe(planned))
+        print(plan.describe(planned, at_most))
         return 0
     for s in planned.sweeps:  # fixed configurations: kept beside the study, for --resume of their sweeps
         if s.entry.fixed is not None:
             s.prep.opts.search_space = plan.space_file(folder / "spaces", s.entry)
+    log = runner.log_libraries_to(folder / "oodsweep.log")  # MLflow's and Ray's records: not on the terminal
 
     uri = planned.sweeps[0].prep.tracking_uri
     experiment = common.get("experiment") or "oodsweep"
@@ -78,27 +87,20 @@ def run(study_file: str, common: dict[str, Any], dry_run: bool = False, out: str
         state["study_run_id"] = study_run.run_id
     _write_state(folder, state)
     again = command_line(argv or ["benchmark", study_file])
-    print(plan.describe(planned), flush=True)
+    print(plan.describe(planned, at_most), flush=True)
     status = "FAILED"
     try:
-        with kept_between_sweeps():  # consecutive post-hoc sweeps share one evaluator pool, started once
-            for i, s in enumerate(planned.sweeps, 1):
-                done = state["sweeps"].get(s.name, {})
-                if done.get("status") == "FINISHED":
-                    print(f"[{i}/{len(planned.sweeps)}] {s.name}: finished earlier, kept", flush=True)
-                    continue
-                print(f"[{i}/{len(planned.sweeps)}] {s.name}: {s.entry.method} on {s.benchmark}, seed {s.seed}",
-                      flush=True)
-                code = _run_sweep(s, folder, state, study_run.run_id, spec.name)
-                if code in (130, 143):
-                    status = "KILLED"
-                    print(f"Study {spec.name} stopped; run the same command to continue it:\n  {again}", flush=True)
-                    return code
+        with StopSignals() as signals:
+            stopped = _run_sweeps(planned, folder, state, study_run, at_most, signals, log)
+        if stopped:
+            status = "KILLED"
+            print(f"Study {spec.name} stopped; run the same command to continue it:\n  {again}", flush=True)
+            return stopped
         rows = _leaderboard(planned, uri, experiment)
         _write_leaderboard(rows, spec, folder if out is None else Path(out), study_run, again)
         status = "FINISHED" if all(v.get("status") == "FINISHED" for v in state["sweeps"].values()) else "FAILED"
         return 0 if status == "FINISHED" else 1
-    except KeyboardInterrupt:  # between sweeps
+    except KeyboardInterrupt:  # before any sweep started
         status = "KILLED"
         print(f"Study {spec.name} stopped; run the same command to continue it:\n  {again}", flush=True)
         return 130
@@ -106,31 +108,151 @@ def run(study_file: str, common: dict[str, Any], dry_run: bool = False, out: str
         study_run.client.set_terminated(study_run.run_id, status)
 
 
-def _run_sweep(s: plan.PlannedSweep, folder: Path, state: dict, study_run_id: str, study: str) -> int:
+def _started(storage: Path) -> frozenset[str]:
+    """The sweeps in ``storage`` that began (a saved sweep state): their stored Optuna studies are continued. Read
+    from the folders, not the study's state, which a study stopped while its sweeps ran has not updated."""
+    from orchestrator.sweep import state as sweep_state
+
+    if not storage.is_dir():
+        return frozenset()
+    return frozenset(p.name for p in storage.iterdir() if (p / sweep_state.STATE_FILE).is_file())
+
+
+def _run_sweeps(planned: plan.Plan, folder: Path, state: dict, study_run, at_most: int | None, signals,
+                log) -> int | None:
+    """Run the sweeps not finished yet, each in its driver process (:mod:`orchestrator.benchmark.drivers`) on one
+    Ray cluster, scheduled by :mod:`orchestrator.benchmark.schedule`; the exit code when a signal stopped them."""
+    import optuna
+    import ray
+
+    from orchestrator.benchmark import drivers, schedule
+    from orchestrator.cache import ModelCache
+    from orchestrator.sweep import runner
+    from orchestrator.sweep.dashboard import study_metadata
+    from orchestrator.sweep.interrupt import EXIT_CODES
+
+    spec, first = planned.spec, planned.sweeps[0].prep
+    total, todo = len(planned.sweeps), {}
+    for i, s in enumerate(planned.sweeps, 1):
+        if state["sweeps"].get(s.name, {}).get("status") == "FINISHED":
+            print(f"[{i}/{total}] {s.name}: finished earlier, kept", flush=True)
+        else:
+            todo[s.name] = (i, s)
+    if not todo:
+        return None
+    # The sweep drivers' fork server imports PyTorch, MLflow, Optuna... now, while Ray starts.
+    context = drivers.server()
+    url, which = runner.init_ray(first.opts, study_metadata(spec.name, first.tracking_uri, study_run.run_id,
+                                                            study_run.experiment_id))
+    signals.install()  # ray.init replaced our SIGTERM handler
+    runner.log_again(log)  # and reset Ray's logger
+    print(f"{which}\nLibrary logs of the study's driver: {log.baseFilename} (each sweep's: in its results folder)",
+          flush=True)
+    if url:
+        print(f"Ray dashboard: http://{url}  (each sweep is a job; access token: `ray get-auth-token`)", flush=True)
+    for resources in {tuple(sorted(s.prep.resources.items())) for s in planned.sweeps}:
+        runner.check_resources(dict(resources), first.opts)
+    for url in {s.prep.study_storage for s in planned.sweeps} - {None}:  # the Optuna storage's tables, created
+        optuna.storages.RDBStorage(url)  # once: drivers starting at once would each try (SQLite: "already exists")
+    # The drivers join this cluster: the one named, else the private instance this driver started.
+    address = first.opts.address or os.environ.get("RAY_ADDRESS") or ray.get_runtime_context().gcs_address
+    # A post-hoc sweep starts with one evaluator and adds more only while its work left pays for their start-up
+    # (batched.Pace): it claims one; a Tune sweep runs max_concurrent trials as soon as it can.
+    works = [schedule.Work(s.name, {"CPU": s.prep.resources["cpu"], "GPU": s.prep.resources["gpu"]},
+                           width=1 if s.prep.batch_size else max(1, min(s.prep.max_concurrent, s.prep.num_samples)),
+                           needs=frozenset(s.networks), cost=s.cost, needs_cost={k: s.network_cost for k in s.networks},
+                           needs_label=s.networks)
+             for _, s in todo.values()]
+    scheduler = schedule.Scheduler(works, ray.cluster_resources(), ModelCache(first.opts.cache_dir).has_model, at_most)
+    errors: list[str] = []
+    done = [total - len(todo)]
+    lanes = drivers.Lanes(context, address, f"oodsweep-{spec.name}-{os.getpid()}")
+    handles: dict[str, drivers.LaneSweep] = {}
+
+    def launch(work: schedule.Work) -> drivers.LaneSweep:
+        i, s = todo[work.name]
+        print(f"[{i}/{total}] {s.name}: {s.entry.method} on {s.benchmark}, seed {s.seed}", flush=True)
+        s.prep.opts.study_run_id, s.prep.opts.study = study_run.run_id, spec.name
+        label = f"{s.entry.label} {Path(s.benchmark).stem} s{s.seed}"
+        # What this sweep's evaluator pool could serve next (batched.EvaluatorPool.fits): a post-hoc sweep's only.
+        keeps = (s.benchmark, s.prep.opts.data_root, s.prep.opts.smoke_test, tuple(sorted(s.prep.resources.items())),
+                 bool(s.prep.opts.figures)) if s.prep.batch_size else None
+        handles[work.name] = lanes.start(drive_sweep, (s.prep,), label, keeps)
+        return handles[work.name]
+
+    def ended(work: schedule.Work, outcome: dict) -> None:
+        i, s = todo[work.name]
+        done[0] += 1
+        lanes.ended(handles.pop(work.name), outcome.get("kept") or {})
+        if "error" in outcome:  # bad input found by the sweep (a resume it refused): no more sweeps start
+            errors.append(outcome["error"])
+            scheduler.queue.clear()
+            print(f"[{done[0]}/{total} ended] {s.name}: refused: {outcome['error']}", file=sys.stderr, flush=True)
+            return
+        status = outcome.get("status") or ("KILLED" if signals.received else "FAILED")
+        state["sweeps"][s.name] = {"parent_run_id": outcome.get("parent_run_id"), "status": status,
+                                   "entry": s.entry.label, "benchmark": s.benchmark, "seed": s.seed,
+                                   "finished": time.time()}
+        _write_state(folder, state)
+        line = outcome.get("line") or f"its driver ended with exit code {outcome.get('exitcode')}"
+        print(f"[{done[0]}/{total} ended] {s.name} {status}: {line}", flush=True)
+        if status == "FAILED":  # what the user must look at
+            print(f"    {s.name}: {line} (log: {s.prep.experiment_path}/oodsweep.log)", file=sys.stderr, flush=True)
+
+    try:
+        with signals.polled():
+            schedule.run(scheduler, launch, lambda: (lanes.free(ray.available_resources()), ray.cluster_resources()),
+                         ended, lambda line: print(line, flush=True), signals, wait=lanes.wait)
+    finally:
+        lanes.close()
+    if signals.received:
+        return EXIT_CODES[signals.received]
+    if errors:
+        raise UsageError(errors[0])
+    return None
+
+
+#: The benchmarks a sweep driver process has loaded, by fingerprint (drive_sweep).
+_BENCHMARKS: dict[str, Any] = {}
+
+
+def drive_sweep(prep) -> tuple[int, dict[str, Any]]:
+    """One sweep of a study, in its driver process (:mod:`orchestrator.benchmark.drivers`): resumed when it began
+    earlier, else new, its MLflow parent run nested under the study's. Returns (its exit code, its outcome for the
+    study: status, parent run, the line that sums it up — or the one-line error of bad input)."""
+    from orchestrator.sweep import batched
     from orchestrator.sweep import state as sweep_state
     from orchestrator.sweep.interrupt import EXIT_CODES
     from orchestrator.sweep.runner import run as run_sweep
 
-    prep = s.prep
-    prep.opts.study_run_id, prep.opts.study = study_run_id, study
-    sweep_folder = folder.parent / s.name
-    if (sweep_folder / sweep_state.STATE_FILE).is_file():
-        sweep_state.check_trusted(sweep_folder)
-        prep.resume = sweep_state.read(sweep_folder)
-    result = run_sweep(prep)
+    folder = Path(prep.experiment_path)
+    # One object per benchmark in this process, as when a study ran in one: a kept evaluator pool serves the next
+    # sweep of the same benchmark object (batched.EvaluatorPool.fits); each sweep arrives with a copy of its own.
+    prep.bench = _BENCHMARKS.setdefault(prep.bench.fingerprint(), prep.bench)
+    try:
+        if (folder / sweep_state.STATE_FILE).is_file():
+            sweep_state.check_trusted(folder)
+            prep.resume = sweep_state.read(folder)
+        result = run_sweep(prep)
+    except UsageError as exc:
+        return 2, {"error": str(exc)}
+    except KeyboardInterrupt:  # stopped before the sweep took the signals (runner.run passes them on as KILLED)
+        return 130, {"status": "KILLED", "interrupted": "SIGINT", "line": "stopped before it started"}
     status = "KILLED" if result.interrupted else ("FINISHED" if result.best_matrix is not None else "FAILED")
-    state["sweeps"][s.name] = {"parent_run_id": result.parent_run_id, "status": status, "entry": s.entry.label,
-                               "benchmark": s.benchmark, "seed": s.seed, "finished": time.time()}
-    _write_state(folder, state)
     if result.best_matrix is not None:
         flat = result.best_matrix.flat()
-        print(f"    best on validation: {prep.space.metric} = {result.best_metrics.get(prep.space.metric, 0):.4f}; "
-              f"test near AUROC {100 * flat['near/auroc']:.2f}, far AUROC {100 * flat['far/auroc']:.2f} "
-              f"({result.num_trials} trials, {result.seconds:.0f} s)", flush=True)
-    elif not result.interrupted:
-        print(f"    no trial finished ({result.num_errors} failed): see MLflow run {result.parent_run_id}",
-              file=sys.stderr, flush=True)
-    return EXIT_CODES[result.interrupted] if result.interrupted else 0
+        line = (f"best on validation: {prep.space.metric} = {result.best_metrics.get(prep.space.metric, 0):.4f}; "
+                f"test near AUROC {100 * flat['near/auroc']:.2f}, far AUROC {100 * flat['far/auroc']:.2f} "
+                f"({result.num_trials} trials, {result.seconds:.0f} s)")
+    elif result.interrupted:
+        line = f"stopped by {result.interrupted} (its runs are KILLED)"
+    else:
+        line = f"no trial finished ({result.num_errors} failed): see MLflow run {result.parent_run_id}"
+    code = EXIT_CODES[result.interrupted] if result.interrupted else (0 if status == "FINISHED" else 1)
+    kept = batched.kept_pool() is not None  # kept for this driver's next sweep: what it holds meanwhile
+    return code, {"status": status, "parent_run_id": result.parent_run_id, "line": line,
+                  "interrupted": result.interrupted, "spooled": result.spooled,
+                  "kept": {"CPU": prep.resources["cpu"], "GPU": prep.resources["gpu"]} if kept else {}}
 
 
 def _leaderboard(planned: plan.Plan, uri: str, experiment: str) -> list[leaderboard.Row]:
@@ -159,10 +281,13 @@ def _write_leaderboard(rows, spec: plan.StudySpec, out: Path, study_run, command
     md = leaderboard.markdown(rows, spec.convention, title, command)
     (out / "leaderboard.md").write_text(md)
     (out / "leaderboard.csv").write_text(leaderboard.csv_text(rows, spec.convention))
-    fig = leaderboard.figure(rows, title)
-    fig.savefig(out / "leaderboard.png", dpi=100)
-    plt.close(fig)
-    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.png"):
+    names = ["leaderboard.md", "leaderboard.csv"]
+    if rows:  # no sweep finished: no figure of nothing
+        fig = leaderboard.figure(rows, title)
+        fig.savefig(out / "leaderboard.png", dpi=100)
+        plt.close(fig)
+        names.append("leaderboard.png")
+    for name in names:
         study_run.client.log_artifact(study_run.run_id, str(out / name))
     print("\n" + md + f"\nLeaderboard: {out / 'leaderboard.md'} (.csv, .png); MLflow run {study_run.run_id}",
           flush=True)

@@ -72,7 +72,7 @@ class Evaluator:
     ones (the others), then scores batches of configurations with a :class:`orchestrator.posthoc.PosthocEvaluator`.
     An actor that only holds outputs imports no PyTorch unless its scorer reads the network."""
 
-    def __init__(self, refs: list, settings: dict[str, Any]):
+    def __init__(self, refs: list, settings: dict[str, Any], sweep: str = ""):
         import ray
 
         from orchestrator.settings import TrialSettings
@@ -82,6 +82,12 @@ class Evaluator:
         (self.bench,) = ray.get(refs)
         self.settings = TrialSettings(**settings)
         self.evaluate = None
+        self.sweep = sweep
+
+    def __repr__(self) -> str:  # the Ray dashboard's name for this actor (read once, when it starts)
+        from orchestrator.sweep.dashboard import evaluator_repr
+
+        return evaluator_repr(self.settings.method, self.sweep)
 
     def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
         """Train or load the network of ``config`` and extract its outputs (:func:`orchestrator.trial.shared_outputs`)
@@ -154,6 +160,12 @@ class FigureDrawer:
     """Ray actor (no CPU reserved) that draws a batched sweep's heatmap and Optuna plots while the first evaluator
     draws its score figures and the driver writes the last MLflow runs (a batched sweep's driver draws nothing)."""
 
+    def __init__(self, name: str = "FigureDrawer"):
+        self.name = name
+
+    def __repr__(self) -> str:  # the Ray dashboard's name for this actor
+        return self.name
+
     def warm(self, searched: int) -> None:
         """Import matplotlib and Optuna's plots (and importances for ``searched`` >= 2 knobs) at the lowest priority
         while the sweep runs."""
@@ -193,23 +205,60 @@ class EvaluatorPool:
     def __init__(self, prep):
         import ray
 
-        self._cls = ray.remote(Evaluator).options(num_cpus=prep.resources["cpu"], num_gpus=prep.resources["gpu"])
+        from orchestrator.sweep.dashboard import task_name
+
+        self._cls = ray.remote(Evaluator)
+        self._resources = {"num_cpus": prep.resources["cpu"], "num_gpus": prep.resources["gpu"]}
         self._refs = [ray.put(prep.bench)]
         self._settings = prep.trial_settings().as_dict()
         self._prep = prep
         self._job = ray.get_runtime_context().get_job_id()
-        self.actors = [self._start()]
+        #: Names of the first actor and the drawer when they are kept across Ray jobs (a study lane, _detached).
+        self._kept_names: dict[str, str] = {}
+        self.actors = [self._start(first=True)]
         #: Draws the heatmap and Optuna's plots while the first actor draws the score figures (None: no figures).
         self.drawer = None
         if prep.opts.figures:  # both import the figures' libraries meanwhile, at the lowest priority
             self.actors[0].warm_figures.remote()
-            self.drawer = ray.remote(FigureDrawer).options(num_cpus=0).remote()
+            self.drawer = ray.remote(FigureDrawer).options(num_cpus=0, **self._detached("drawer")).remote(
+                task_name(prep.opts.method, prep.name, "figures"))
             self.drawer.warm.remote(len(prep.space.knobs))
         #: ObjectRef of :func:`orchestrator.trial.shared_outputs`' result, once :meth:`prepared` succeeded.
         self.shared = None
 
-    def _start(self):
-        return self._cls.remote(self._refs, self._settings)
+    def _start(self, first: bool = False):
+        options = {**self._resources, **(self._detached("first") if first else {})}
+        return self._cls.options(**options).remote(self._refs, self._settings, self._prep.name)
+
+    def _detached(self, role: str) -> dict[str, Any]:
+        """Ray options of the pool's first actor or drawer (``role``): none — unless a study lane keeps pools across
+        its sweeps' Ray jobs (:func:`kept_between_sweeps` with a namespace): then detached and named in that
+        namespace, so that they outlive the job of the sweep that started them and the next sweep finds them
+        (:meth:`_reattach`). The others are never kept: they stop with their sweep."""
+        import uuid
+
+        if not _KEPT["namespace"]:
+            return {}
+        self._kept_names[role] = f"{role}-{uuid.uuid4().hex[:12]}"
+        return {"lifetime": "detached", "name": self._kept_names[role], "namespace": _KEPT["namespace"]}
+
+    def _reattach(self) -> bool:
+        """Whether the pool's actors are this Ray job's to use: they are in the job that started them; a kept pool
+        of a study lane is found again by name in the lane's next job (the benchmark put again: the last job's
+        objects are gone)."""
+        import ray
+
+        job = ray.get_runtime_context().get_job_id()
+        if job == self._job or not self._kept_names:
+            return job == self._job
+        try:
+            self.actors = [ray.get_actor(self._kept_names["first"], namespace=_KEPT["namespace"])]
+            if "drawer" in self._kept_names:
+                self.drawer = ray.get_actor(self._kept_names["drawer"], namespace=_KEPT["namespace"])
+        except ValueError:  # lost meanwhile
+            return False
+        self._refs, self._job, self.shared = [ray.put(self._prep.bench)], job, None
+        return True
 
     def fits(self, prep) -> bool:
         """Whether this pool can serve sweep ``prep`` too: the same benchmark (object), resources and figure setting,
@@ -218,7 +267,7 @@ class EvaluatorPool:
 
         return (bool(self.actors) and prep.bench is self._prep.bench and prep.resources == self._prep.resources
                 and bool(prep.opts.figures) == (self.drawer is not None) and ray.is_initialized()
-                and ray.get_runtime_context().get_job_id() == self._job)
+                and self._reattach())
 
     def retarget(self, prep) -> None:
         """Serve sweep ``prep`` (see :func:`pool_for`): the first actor, which has imported everything and holds
@@ -240,7 +289,7 @@ class EvaluatorPool:
         :meth:`prepared` waits for it."""
         if prepares_here() if here is None else here:
             return DriverPreparation(self._prep, config)
-        return self.actors[0].prepare.remote(dict(config))
+        return self._prepare(self.actors[0], config)
 
     def prepared(self, preparing, config: dict[str, Any], retries: int) -> dict[str, Any]:
         """Wait for the preparation ``preparing``; a lost actor is replaced (and its preparation rerun), up to
@@ -253,8 +302,15 @@ class EvaluatorPool:
             hold = lambda actor: actor.hold.remote([self.shared])  # noqa: E731
             self._on_first(hold(self.actors[0]), hold, retries)  # the first actor, started meanwhile, holds it
             return done
-        done, self.shared = self._on_first(preparing, lambda actor: actor.prepare.remote(dict(config)), retries)
+        done, self.shared = self._on_first(preparing, lambda actor: self._prepare(actor, config), retries)
         return done
+
+    def _prepare(self, actor, config: dict[str, Any]):
+        """:meth:`Evaluator.prepare` on ``actor``, as a task named after what it prepares."""
+        from orchestrator.sweep.dashboard import task_name
+
+        name = task_name(self._prep.opts.method, self._prep.name, "network and outputs")
+        return actor.prepare.options(name=name).remote(dict(config))
 
     def _on_first(self, ref, call, retries: int):
         """(``ray.get(ref)``, ``ref``) of a call ``ref`` on the first actor; when that actor is lost it is replaced
@@ -268,7 +324,7 @@ class EvaluatorPool:
                 if attempt == retries:
                     raise
                 ray.kill(self.actors[0])
-                self.actors[0] = self._start()
+                self.actors[0] = self._start(first=True)
                 ref = call(self.actors[0])
 
     def _holding(self):
@@ -333,8 +389,14 @@ class EvaluatorPool:
 
         if keep and _KEPT["on"] and self.actors:
             release_kept()
+            if _KEPT["namespace"]:  # only the first actor and the drawer outlive this sweep's Ray job
+                for actor in self.actors[1:]:
+                    ray.kill(actor)
+                del self.actors[1:]
             _KEPT["pool"] = self
             return
+        if not self._reattach():  # a kept pool's actors, gone with their node
+            self.actors, self.drawer = [], None
         for actor in [*self.actors, *([self.drawer] if self.drawer is not None else [])]:
             ray.kill(actor)
         self.actors, self.drawer = [], None
@@ -344,20 +406,23 @@ class EvaluatorPool:
 #: imported the scoring and figure libraries and holds the benchmark; a fresh pool's actor and figure drawer spend
 #: ~0.5 s each starting and importing, which was ~1 s of the 1.5-2 s a post-hoc sweep on a cached classifier took
 #: (measured, fashion-mnist, 2 cores) — the fixed cost a study of many methods on one classifier pays per sweep.
-_KEPT: dict[str, Any] = {"on": False, "pool": None}
+_KEPT: dict[str, Any] = {"on": False, "pool": None, "namespace": None}
 
 
 @contextlib.contextmanager
-def kept_between_sweeps():
+def kept_between_sweeps(namespace: str | None = None):
     """Within this block a finished post-hoc sweep's pool is kept (holding its CPU) for the next sweep that
     :func:`pool_for` can serve; a sweep that it cannot serve (another benchmark, a Tune sweep that needs the CPUs)
-    releases it first. Everything is stopped when the block ends."""
-    _KEPT["on"] = True
+    releases it first. Everything is stopped when the block ends. With a ``namespace`` (a study's sweep driver
+    process, whose sweeps are each a Ray job of their own: :mod:`orchestrator.benchmark.drivers`), the kept actors
+    are detached and named in it, and outlive the job of the sweep that started them."""
+    _KEPT["on"], _KEPT["namespace"] = True, namespace
     try:
         yield
     finally:
         _KEPT["on"] = False
         release_kept()
+        _KEPT["namespace"] = None
 
 
 def kept_pool() -> EvaluatorPool | None:
@@ -492,16 +557,18 @@ def _values(result: dict[str, Any], objectives: list[tuple[str, str]]) -> list[f
 
 
 def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size: int,
-        on_scored=None) -> Outcomes:
+        on_scored=None, constraint=None) -> Outcomes:
     """Run the sweep's remaining configurations on ``pool`` (prepared; the caller closes it); returns every
     finished one (earlier runs of a resumed sweep included). Returns early, with ``signals.received`` set, when the
     user stops the sweep. ``on_scored(outcomes, study)``, when given, is called once every configuration is scored,
     before the last MLflow writes are waited for (the sweep's figures start drawing then); ``study`` is the
-    in-memory Optuna study, complete."""
+    in-memory Optuna study, complete. ``constraint``: the sweep's ID-accuracy constraint
+    (:class:`orchestrator.sweep.constraint.Constraint`), whose value each finished trial carries into Optuna."""
     import optuna
     import ray
 
     from orchestrator import search_space
+    from orchestrator.sweep.dashboard import batch_task
     from orchestrator.tracking.runs import now_ms
 
     opts, space = prep.opts, prep.space
@@ -536,6 +603,11 @@ def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size
 
     remaining = prep.num_samples - len(done)
 
+    def send(actor, batch: list):
+        """Score ``batch`` on ``actor``: a task the Ray dashboard names by the method, trials and sweep."""
+        name = batch_task(opts.method, prep.name, [new_id(trial.number) for trial, _, _ in batch])
+        return actor.run.options(name=name).remote([config for _, config, _ in batch])
+
     # Lost actors are replaced here rather than by Ray's max_restarts, which warns on the terminal about actors
     # whose constructor arguments live in the object store.
     # The preparing actor scores at once; the others start when the work left is worth their start-up
@@ -559,7 +631,7 @@ def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size
                     batch.append((trial, config, now_ms()))
                 remaining -= len(batch)
                 actor = idle.pop()
-                running[actor.run.remote([c for _, c, _ in batch])] = (actor, batch, 0)
+                running[send(actor, batch)] = (actor, batch, 0)
                 pace.sent(batch)
                 progress.running = sum(len(b) for _, b, _ in running.values())
             if signals.received:
@@ -584,7 +656,7 @@ def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size
             except ray.exceptions.RayActorError as exc:  # the worker or its node was lost: a new actor
                 actor = pool.replace(actor)
                 if attempt < opts.max_failures:
-                    running[actor.run.remote([c for _, c, _ in batch])] = (actor, batch, attempt + 1)
+                    running[send(actor, batch)] = (actor, batch, attempt + 1)
                     continue
                 results = [(None, f"{type(exc).__name__}: {exc} (after {attempt + 1} attempts)")] * len(batch)
             idle.append(actor)
@@ -593,6 +665,8 @@ def run(prep, pool: EvaluatorPool, stored, logger, progress, signals, batch_size
                 if error is None:
                     result = {**result, "trial_id": tid}
                     trial.set_user_attr(RESULT_ATTR, _compact(result))
+                    if constraint is not None:
+                        constraint.tell(trial, result)
                     study.tell(trial, _values(result, space.objectives))
                     keep(trial)
                     logger.record(tid, config, "FINISHED", result, started_ms=started)

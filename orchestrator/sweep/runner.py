@@ -21,7 +21,8 @@ from orchestrator import search_space
 from orchestrator.cache import wait_for_writes
 from orchestrator.errors import UsageError
 from orchestrator.metrics import OODMatrix
-from orchestrator.sweep import batched, extraction, scheduling, state, study
+from orchestrator.sweep import batched, constraint, extraction, scheduling, state, study
+from orchestrator.sweep.dashboard import job_config, job_metadata, task_name
 from orchestrator.sweep.interrupt import StopSignals
 from orchestrator.sweep.prepare import Prepared, SweepOptions
 from orchestrator.tracking.runs import STUDY_TAG
@@ -49,12 +50,24 @@ class SweepResult:
     resume_command: str = ""
     #: Optuna storage URL holding the sweep's study (named after the sweep); None when it has none.
     study_storage: str | None = None
+    #: The ID-accuracy constraint's verdict on the best trial (orchestrator.sweep.constraint): the summary's line
+    #: ("" without a constraint or for a post-hoc sweep), and whether the best trial is feasible (None: no constraint).
+    constraint_note: str = ""
+    best_feasible: bool | None = None
+    #: Tracking records that went to the spool because a store was away (``python -m orchestrator sync``
+    #: replays them), the spool's folder, and the stores that were away.
+    spooled: int = 0
+    spool: str = ""
+    away: list[str] = field(default_factory=list)
+    #: The command that writes the spool into the stores.
+    sync_command: str = ""
 
 
 #: Loggers of the libraries a sweep drives; their records go to the sweep's log file, not to the terminal.
 #: ``ray.init`` resets the "ray" logger, so its busiest children get the handler too (and it is set again after).
 LIBRARY_LOGGERS = ("ray", "ray._private", "ray.tune", "ray.train", "ray.air", "ray.util", "ray.autoscaler",
-                   "mlflow", "optuna", "alembic", "sqlalchemy", "urllib3", "filelock", "py.warnings")
+                   "mlflow", "optuna", "alembic", "sqlalchemy", "urllib3", "filelock", "py.warnings",
+                   "oodsweep")  # ours: the tracking queue's waits and MLflow's "View run" links
 
 
 def _quiet_libraries():
@@ -97,6 +110,22 @@ def _start_log_file(prep: Prepared, held) -> Path:
     return path
 
 
+def log_libraries_to(path: Path):
+    """A study's driver: the libraries' records go to ``path`` only (a sweep's go to its results folder). Returns
+    the handler, to be given to the libraries again after ``ray.init`` (:func:`log_again`)."""
+    _quiet_libraries()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    _log_to(handler)
+    return handler
+
+
+def log_again(handler) -> None:
+    """``handler`` takes the library loggers back (``ray.init`` resets Ray's)."""
+    _log_to(handler)
+
+
 def _log_to(handler) -> None:
     """``handler`` becomes the only handler of the library loggers (again after ``ray.init`` reset them)."""
     for name in LIBRARY_LOGGERS:
@@ -109,8 +138,9 @@ def _log_to(handler) -> None:
         logger.propagate = False
 
 
-def _init_ray(opts: SweepOptions) -> tuple[str | None, str]:
-    """Join the cluster the user named (``--address`` / ``RAY_ADDRESS``) or start a private local one.
+def init_ray(opts: SweepOptions, metadata: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """Join the cluster the user named (``--address`` / ``RAY_ADDRESS``) or start a private local one, as a Ray job
+    whose ``metadata`` the dashboard shows (:mod:`orchestrator.sweep.dashboard`).
 
     Without an address the sweep always starts its own instance (``address="local"``): a bare ``ray.init()`` would
     join — or, through a stale address file, fail to join — a cluster someone started with ``ray start`` on this
@@ -122,11 +152,12 @@ def _init_ray(opts: SweepOptions) -> tuple[str | None, str]:
         return None, "Ray: the instance already running in this process"
     address = opts.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ctx = ray.init(address=address, log_to_driver=False, configure_logging=False)
+        ctx = ray.init(address=address, log_to_driver=False, configure_logging=False,
+                       job_config=job_config(metadata))
         return ctx.dashboard_url, f"Ray: joined the cluster at {ctx.address_info.get('gcs_address', address)}"
     # configure_logging=False: Ray keeps its records in the "ray" logger, which _quiet_libraries sends to a file.
     kwargs = dict(address="local", num_cpus=opts.num_cpus or os.cpu_count(), log_to_driver=False,
-                  include_dashboard=opts.dashboard, configure_logging=False)
+                  include_dashboard=opts.dashboard, configure_logging=False, job_config=job_config(metadata))
     if opts.num_gpus is not None:
         kwargs["num_gpus"] = opts.num_gpus
     if opts.dashboard:
@@ -138,7 +169,7 @@ def _init_ray(opts: SweepOptions) -> tuple[str | None, str]:
                                f"this machine are left alone; --address auto joins a running one)")
 
 
-def _check_resources(resources: dict[str, float], opts: SweepOptions) -> None:
+def check_resources(resources: dict[str, float], opts: SweepOptions) -> None:
     """A trial asking for more CPUs or GPUs than any node has would wait forever: refuse it with one line — unless
     an autoscaler runs, which may add such a node (then say that the sweep waits for it)."""
     import ray
@@ -186,23 +217,57 @@ def _open_parent_run(prep: Prepared, method, tags: dict[str, str]):
 
     opts, space, bench = prep.opts, prep.space, prep.bench
     if prep.resume:
-        sweep_run = SweepRun(prep.tracking_uri, opts.experiment, prep.name, run_id=prep.resume["parent_run_id"])
-        before = sweep_run.client.get_run(sweep_run.run_id).info.status
+        sweep_run = SweepRun(prep.tracking_uri, opts.experiment, prep.name, run_id=prep.resume["parent_run_id"],
+                             spool=spool_folder(prep), on_status=lambda line: _say(opts, line))
+        run = sweep_run.client.get_run(sweep_run.run_id)
+        before = run.info.status
+        recorded, margin = constraint.recorded_margin(run.data.params)
+        if recorded:  # a resumed sweep keeps the ID-accuracy margin it started with
+            space.max_id_acc_drop = margin
         sweep_run.client.update_run(sweep_run.run_id, status="RUNNING")
         return sweep_run, before
-    sweep_run = SweepRun(prep.tracking_uri, opts.experiment, prep.name)
+    sweep_run = SweepRun(prep.tracking_uri, opts.experiment, prep.name, spool=spool_folder(prep),
+                         on_status=lambda line: _say(opts, line))
     sweep_run.log_params({"method": method.name, "benchmark": bench.name, "num_samples": prep.num_samples,
                           "max_concurrent": prep.max_concurrent, "seed": opts.seed,
                           "objectives": ",".join(f"{m}:{d}" for m, d in space.objectives),
                           "fpr95_convention": opts.convention, "smoke_test": opts.smoke_test,
                           "scheduler": opts.scheduler, "cpus_per_trial": prep.resources["cpu"],
-                          "gpus_per_trial": prep.resources["gpu"],
+                          "gpus_per_trial": prep.resources["gpu"], **constraint.margin_param(space.max_id_acc_drop),
                           **{f"fixed.{k}": v for k, v in prep.fixed.items()}})
     sweep_run.set_tags(tags)
     if opts.study_run_id:  # a sweep of a study (python -m orchestrator benchmark): nested under the study's run
         sweep_run.set_tags({"mlflow.parentRunId": opts.study_run_id, STUDY_TAG: opts.study or ""})
     sweep_run.log_dict({**space.as_dict(), "fixed": prep.fixed}, "search_space.json")
     return sweep_run, None
+
+
+def spool_folder(prep: Prepared) -> Path:
+    """Where the sweep keeps the tracking records its stores did not take (its results folder; the temp folder for
+    remote results)."""
+    import tempfile
+
+    from orchestrator.tracking.spool import SPOOL_DIR
+
+    if "://" in prep.storage_path:
+        return Path(tempfile.gettempdir()) / f"oodsweep-spool-{prep.name}"
+    return Path(prep.experiment_path) / SPOOL_DIR
+
+
+def _replay_spool(prep: Prepared) -> None:
+    """A resumed sweep first writes what its last run spooled (its stores must be complete: a batched sweep
+    counts the trials of its stored study)."""
+    from orchestrator.tracking.spool import read_records
+    from orchestrator.tracking.sync import replay
+
+    folder = spool_folder(prep)
+    if not read_records(folder):
+        return
+    try:
+        done = replay(folder)
+    except ConnectionError as exc:
+        raise UsageError(f"cannot resume {prep.name}: its spool {folder} could not be written ({exc})") from None
+    _say(prep.opts, f"Spool of the previous run: {done.line()}")
 
 
 def run(prep: Prepared) -> SweepResult:
@@ -214,20 +279,31 @@ def run(prep: Prepared) -> SweepResult:
 def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     opts, space, bench = prep.opts, prep.space, prep.bench
     method = methods.get(opts.method)
+    if not prep.resume:  # bad input: before anything is written (a resumed sweep keeps its recorded margin)
+        constraint.check(prep)
     started = time.time()
     held = _quiet_libraries()
-    dashboard, which = _init_ray(opts)
-    signals.install()  # ray.init replaced our SIGTERM handler
-    _log_to(held)  # ray.init reset the "ray" logger
-    _check_resources(prep.resources, opts)
+    tags = {"method": method.name, "benchmark": bench.name, "paper": method.paper}
+    if method.substitute:
+        tags["substitute"] = method.substitute
+    # A study's sweep (the study checked its resources) opens its MLflow run first, so that its Ray job's metadata
+    # names the run: Ray takes a job's metadata when the driver connects (orchestrator.sweep.dashboard).
+    early = _open_parent_run(prep, method, tags) if opts.study_run_id and not prep.resume else None
+    try:
+        run_id = early[0].run_id if early else (prep.resume or {}).get("parent_run_id")
+        dashboard, which = init_ray(opts, job_metadata(prep, run_id, early[0].experiment_id if early else None))
+        signals.install()  # ray.init replaced our SIGTERM handler
+        _log_to(held)  # ray.init reset the "ray" logger
+        check_resources(prep.resources, opts)
+    except BaseException as exc:
+        if early:
+            early[0].end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     _say(opts, f"{which}\nLibrary logs (Ray, MLflow, Optuna): {_start_log_file(prep, held)}")
     for note in prep.notes:
         _say(opts, note)
     if dashboard:
         _say(opts, f"Ray dashboard: http://{dashboard}  (access token: `ray get-auth-token`)")
-    tags = {"method": method.name, "benchmark": bench.name, "paper": method.paper}
-    if method.substitute:
-        tags["substitute"] = method.substitute
     # A post-hoc sweep's first evaluator starts now, while MLflow opens the parent run — unless large splits must
     # be extracted by Ray tasks first (the evaluator would hold their CPUs). The shared network is prepared once the
     # run is open (by this driver on a one-node cluster, else by that evaluator): opening it beside the preparation
@@ -240,7 +316,9 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     # A batched sweep's first evaluator draws its figures; a Tune sweep's driver does.
     figure_imports = None if prep.batch_size else _import_figure_libraries(opts, len(space.knobs))
     try:
-        sweep_run, status_before = _open_parent_run(prep, method, tags)
+        if prep.resume:
+            _replay_spool(prep)
+        sweep_run, status_before = early or _open_parent_run(prep, method, tags)
     except BaseException:
         if pool is not None:
             pool.close()
@@ -253,41 +331,49 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
                f"{' (smoke test)' if opts.smoke_test else ''}, {prep.num_samples} trials, ≤{prep.max_concurrent} at "
                f"once; MLflow {prep.tracking_uri} (run {sweep_run.run_id})")
     status = "FAILED"
-    logger = None
+    logger = rule = None
     drawing: dict = {}  # a batched sweep's figures being drawn (EvaluatorPool.draw_figures): config, refs
     result = SweepResult(prep.name, sweep_run.run_id, prep.tracking_uri, prep.experiment_path,
-                         resume_command=resume_command(prep), study_storage=prep.study_storage)
+                         resume_command=resume_command(prep), study_storage=prep.study_storage,
+                         sync_command=sync_command(prep))
     try:
         settings = prep.trial_settings()
         if prep.batch_size:  # post-hoc knobs only: configurations in batches on evaluator actors
             pool, prepared_network = _prepared_pool(prep, pool, preparing)
             shared = pool.shared
-            logger = TrialRuns(sweep_run, tags=tags)
+            rule = _constraint(prep, settings)
+            logger = TrialRuns(sweep_run, tags=tags, annotate=rule.annotate if rule else None)
             status_before = None  # from here on, the sweep's own outcome is what its parent run records
-            grid = _run_batched(prep, pool, logger, signals, drawing if opts.figures else None)
+            grid = _run_batched(prep, pool, logger, signals, drawing if opts.figures else None, rule)
         else:  # Ray Tune, imported only here (~0.4 s): a batched sweep never needs it
             from ray import tune
 
-            from orchestrator.sweep.trainable import tune_trainable
+            from orchestrator.sweep.trainable import named_trainable, tune_trainable
             from orchestrator.sweep.tune_progress import ProgressPrinter
             from orchestrator.tracking.callback import MLflowTrialLogger
 
             shared, prepared_network = _prewarm(method, space, prep.fixed, bench, settings, prep.resources, opts)
-            logger = MLflowTrialLogger(sweep_run, tags=tags)
-            trainable = tune.with_resources(
+            rule = _constraint(prep, settings)
+            logger = MLflowTrialLogger(sweep_run, tags=tags, study=_study_mirror(prep, sweep_run, rule),
+                                       annotate=rule.annotate if rule else None)
+            # Trials that all run at once get an actor each anyway: the Ray dashboard names each by its trial. Trials
+            # that queue reuse actors (a new one costs a process and PyTorch's import), named by the sweep.
+            trainable = named_trainable(tune.with_resources(
                 tune.with_parameters(tune_trainable, bench=bench, settings=settings.as_dict(), shared=shared,
                                      reporting=scheduling.report_policy(prep)),
-                dict(prep.resources))
+                dict(prep.resources)), method.name, prep.name, per_trial=prep.num_samples <= prep.max_concurrent)
             progress = ProgressPrinter(space.metric, space.mode, prep.num_samples, quiet=opts.quiet)
+            sweep_run.writes.on_status = progress.line  # "waiting for MLflow at ..." in the progress lines
+            logger.writes.start_thread()  # a store that does not answer never holds up Tune's loop
             run_config = tune.RunConfig(name=prep.name, storage_path=prep.storage_path,
                                         callbacks=[logger, progress], verbose=0,
                                         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-            tuner = _tuner(prep, trainable, run_config)
+            tuner = _tuner(prep, trainable, run_config, rule)
             status_before = None  # from here on, the sweep's own outcome is what its parent run records
             with signals.tune_running():
                 grid = tuner.fit()
-        result = _summarise(prep, grid, sweep_run, started, result)
+        result = _summarise(prep, grid, sweep_run, started, result, rule)
         result.networks.update(prepared_network)
         if signals.received:
             raise KeyboardInterrupt(signals.received)
@@ -295,7 +381,13 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
             from orchestrator.sweep.seeds import rerun_best_with_seeds
 
             _say(opts, f"Re-running the best configuration with {opts.seeds} more seed(s)...")
-            rerun_best_with_seeds(prep, result, opts.seeds, every_trial=opts.seeds_every_trial, client=sweep_run.client)
+            try:
+                rerun_best_with_seeds(prep, result, opts.seeds, every_trial=opts.seeds_every_trial,
+                                      client=sweep_run.client)
+            except Exception as exc:  # noqa: BLE001 - a read the store did not answer: the sweep's results stand
+                if not sweep_run.writes.away:
+                    raise
+                _say(opts, f"Seed repeats stopped: {', '.join(sweep_run.writes.away_labels)} is away ({exc})")
         if opts.figures and result.best_matrix is not None:
             from orchestrator.tracking.figures import log_sweep_figures
 
@@ -306,7 +398,10 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
             else:
                 if figure_imports is not None:
                     figure_imports.join()
-                stored = study.load(prep.study_storage, prep.name) if prep.study_storage else None
+                try:  # a storage that went away: the figures rebuild the study from the MLflow runs
+                    stored = study.load(prep.study_storage, prep.name) if prep.study_storage else None
+                except Exception:  # noqa: BLE001
+                    stored = None
                 scores, notes = _best_scores(prep, result, settings, shared)
             for note in notes + log_sweep_figures(prep, result, sweep_run.client, stored, scores, drawn):
                 _say(opts, f"figures: {note}")
@@ -323,9 +418,46 @@ def _run(prep: Prepared, signals: StopSignals) -> SweepResult:
     finally:
         if pool is not None:
             pool.close(keep=status == "FINISHED")  # kept for a study's next sweep (batched.kept_between_sweeps)
+        if rule is not None and rule.reference is not None and status != "KILLED":
+            rule.reference.result()  # measured in this process: done before another sweep of it seeds PyTorch
         wait_for_writes()  # the sweep work its preparation wrote behind (orchestrator.cache): cached when it ends
         # A resume that failed before its trials ran leaves the resumed sweep's parent run as it found it.
         sweep_run.end(status_before if status_before and status != "KILLED" else status)
+        sweep_run.writes.close()
+        result.spooled, result.spool = sweep_run.spool.count, str(sweep_run.spool.folder)
+        result.away = list(sweep_run.writes.away_labels)
+
+
+def _study_mirror(prep: Prepared, sweep_run, rule=None):
+    """What writes a Tune sweep's ended trials to its stored study (None: the sweep has no storage), with their
+    ID-accuracy constraint values (``rule``)."""
+    if not prep.study_storage:
+        return None
+    from orchestrator.tracking.stores import StoredStudy
+
+    stored = study.open_study(prep.study_storage, prep.name, prep.space.objectives, prep.opts.seed)
+    return study.TuneStudyMirror(StoredStudy(stored, prep.study_storage, sweep_run.writes, sweep_run.spool),
+                                 search_space.DefineByRun(prep.space.knobs, prep.fixed), prep.space.objectives,
+                                 constraint=rule)
+
+
+def _constraint(prep: Prepared, settings):
+    """The sweep's ID-accuracy constraint (:mod:`orchestrator.sweep.constraint`; None when it is off). For a method
+    that trains, its reference — the cross-entropy classifier of this recipe and seed, from the model cache or
+    trained once — starts being measured now: beside the trials on a one-machine CPU cluster, else first, in a Ray
+    task (:func:`orchestrator.sweep.constraint.measured_here`); :func:`_summarise` records it."""
+    here = constraint.measured_here(prep)
+    rule = constraint.for_sweep(prep, prep.space.max_id_acc_drop, constraint.reference_computer(prep, settings, here),
+                                on_wait=lambda: _say(prep.opts, "Waiting for the ID-accuracy reference (the cross-"
+                                                                "entropy classifier being measured or trained)..."))
+    if rule is not None and rule.reference is not None:
+        _say(prep.opts, f"ID-accuracy constraint: a configuration counts only with ID validation accuracy at most "
+                        f"{constraint.points(rule.margin)} below the cross-entropy classifier of this recipe and seed "
+                        f"(max_id_acc_drop; none turns it off), measured {'meanwhile' if here else 'first'} "
+                        f"(trained on a cache miss)")
+        if not here:
+            rule.reference.result()  # in a Ray task, before any trial holds the resources it needs
+    return rule
 
 
 def _import_figure_libraries(opts: SweepOptions, searched: int):
@@ -353,11 +485,13 @@ def _best_scores(prep: Prepared, result: SweepResult, settings, shared):
         return None, [f"best-trial score figures failed: {type(exc).__name__}: {exc}"]
 
 
-def _tuner(prep: Prepared, trainable, run_config):
-    """A new Tuner with the seeded Optuna searcher, or the restored one of the sweep being resumed."""
+def _tuner(prep: Prepared, trainable, run_config, rule=None):
+    """A new Tuner with the seeded Optuna searcher (told each trial's ID-accuracy constraint, ``rule``), or the
+    restored one of the sweep being resumed."""
     import optuna
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.sweep.constrained_search import ConstrainedOptunaSearch
 
     space, opts = prep.space, prep.opts
     if prep.resume:
@@ -372,12 +506,12 @@ def _tuner(prep: Prepared, trainable, run_config):
     multi = space.multi_objective
     metrics = [m for m, _ in space.objectives]
     modes = [d for _, d in space.objectives]
-    searcher = OptunaSearch(space=search_space.DefineByRun(space.knobs, prep.fixed),
-                            metric=metrics if multi else space.metric, mode=modes if multi else space.mode,
-                            sampler=optuna.samplers.TPESampler(seed=opts.seed), study_name=prep.name,
-                            storage=study.storage_for_tune(prep.study_storage))
+    searcher = ConstrainedOptunaSearch(space=search_space.DefineByRun(space.knobs, prep.fixed),
+                                       metric=metrics if multi else space.metric, mode=modes if multi else space.mode,
+                                       sampler=optuna.samplers.TPESampler(seed=opts.seed), study_name=prep.name,
+                                       constraint=rule)
     tune_config = tune.TuneConfig(search_alg=searcher, num_samples=prep.num_samples,
-                                  max_concurrent_trials=prep.max_concurrent, reuse_actors=True,
+                                  max_concurrent_trials=prep.max_concurrent, reuse_actors=not trainable.actor_per_trial,
                                   scheduler=scheduling.scheduler(prep),
                                   metric=None if multi else space.metric, mode=None if multi else space.mode)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
@@ -405,23 +539,27 @@ def _prepared_pool(prep: Prepared, pool, preparing):
     return pool, {done["key"]: bool(done["trained"]) or trained_first}
 
 
-def _run_batched(prep: Prepared, pool, logger, signals, drawing: dict | None):
+def _run_batched(prep: Prepared, pool, logger, signals, drawing: dict | None, rule=None):
     """A post-hoc search in batches on Ray actors (see :mod:`orchestrator.sweep.batched`). With ``drawing`` (a
     dict), the pool starts drawing the sweep's figures the moment the last configuration is scored, while the
     driver writes the last MLflow runs; ``drawing`` then holds the best configuration and what
-    :meth:`orchestrator.sweep.batched.EvaluatorPool.drawn` waits for."""
+    :meth:`orchestrator.sweep.batched.EvaluatorPool.drawn` waits for. ``rule``: the ID-accuracy constraint."""
     from orchestrator.sweep.progress import BatchProgress
+    from orchestrator.tracking.stores import StoredStudy
 
     space, opts = prep.space, prep.opts
     stored = study.open_study(prep.study_storage, prep.name, space.objectives, opts.seed)
+    if prep.study_storage:  # its writes wait for a storage that is away, then go to the spool
+        stored = StoredStudy(stored, prep.study_storage, logger.writes, logger.sweep.spool)
     logger.setup()
     logger.writes.start_thread()  # MLflow runs and stored trials are written while the next batches are scored
     progress = BatchProgress(space.metric, space.mode, prep.num_samples, quiet=opts.quiet)
+    logger.writes.on_status = progress.line  # "waiting for MLflow at ..." in the progress lines
     _say(opts, f"Post-hoc knobs only: configurations run in batches of {prep.batch_size} on "
                f"{prep.max_concurrent} Ray actor(s) holding the shared network (--batch-size 0: one Tune trial each)")
 
     def draw(done, working):
-        best, _ = _best(space, _finished(done))
+        best, _ = _best(space, constraint.candidates(rule, _finished(done))[0])
         if best is not None and pool.actors and pool.drawer is not None:
             drawing.update(config=dict(best.config), figures=pool.draw_figures(
                 dict(best.config), best.metrics["matrix_json"], working, space.metric,
@@ -429,7 +567,7 @@ def _run_batched(prep: Prepared, pool, logger, signals, drawing: dict | None):
 
     with signals.polled():
         return batched.run(prep, pool, stored, logger, progress, signals, prep.batch_size,
-                           on_scored=draw if drawing is not None else None)
+                           on_scored=draw if drawing is not None else None, constraint=rule)
 
 
 def resume_command(prep: Prepared) -> str:
@@ -440,6 +578,15 @@ def resume_command(prep: Prepared) -> str:
     if prep.storage_path != str(Path("ray_results").resolve()):
         cmd += ["--storage-path", prep.storage_path]
     return " ".join(shlex.quote(c) for c in cmd)
+
+
+def sync_command(prep: Prepared) -> str:
+    """The exact command that writes this sweep's spool into its stores."""
+    import shlex
+
+    if "://" in prep.storage_path:
+        return " ".join(shlex.quote(c) for c in ["python", "-m", "orchestrator", "sync", str(spool_folder(prep))])
+    return resume_command(prep).replace(f" sweep {shlex.quote(prep.opts.method)} --resume ", " sync ", 1)
 
 
 def _prewarm(method, space, fixed, bench, settings, resources, opts):
@@ -460,7 +607,8 @@ def _prewarm(method, space, fixed, bench, settings, resources, opts):
         net = extraction.extract_sharded(dict(fixed), bench, settings, resources, lambda msg: _say(opts, msg))
         trained_first = bool(net["trained"])
     cpus = max(resources["cpu"], extraction.largest_node_cpus())  # nothing else runs yet: every CPU of a node
-    task = ray.remote(shared_outputs).options(num_cpus=cpus, num_gpus=resources["gpu"], max_retries=opts.max_failures)
+    task = ray.remote(shared_outputs).options(num_cpus=cpus, num_gpus=resources["gpu"], max_retries=opts.max_failures,
+                                              name=task_name(method.name, opts.name or bench.name, "network"))
     ref = task.remote(dict(fixed), bench, dataclasses.replace(settings, threads=max(1, int(cpus))))
     done = ray.get(ref)  # surface a failure here, before any trial starts
     return ref, {done["key"]: bool(done["trained"]) or trained_first}
@@ -487,7 +635,7 @@ def _best(space, finished: list):
     return max(candidates, key=lambda r: sign * r.metrics[space.metric]), pareto
 
 
-def _summarise(prep: Prepared, grid, sweep_run, started: float, res: SweepResult) -> SweepResult:
+def _summarise(prep: Prepared, grid, sweep_run, started: float, res: SweepResult, rule=None) -> SweepResult:
     space = prep.space
     finished = _finished(grid)
     res.results_path, res.num_trials, res.num_errors = grid.experiment_path, len(grid), grid.num_errors
@@ -496,9 +644,20 @@ def _summarise(prep: Prepared, grid, sweep_run, started: float, res: SweepResult
         key = r.metrics.get("model_key")
         if key:
             res.networks[key] = res.networks.get(key, False) or bool(r.metrics.get("trained_model"))
-    best, pareto = _best(space, finished)
+    chosen_from, res.best_feasible = constraint.candidates(rule, finished)  # the feasible, or the least infeasible
+    best, pareto = _best(space, chosen_from)
     if best is None:
         return res
+    if rule is not None:
+        res.constraint_note, metrics, tags = constraint.outcome(rule, finished, best, res.best_feasible)
+        reference_metrics, reference_tags = constraint.reference_record(rule)
+        sweep_run.log_metrics({**metrics, **reference_metrics})
+        sweep_run.set_tags({**tags, **reference_tags})
+        value = rule.reference.result() if rule.reference is not None else None
+        if value is not None:  # the reference classifier is one of this sweep's networks
+            res.networks[value["key"]] = res.networks.get(value["key"], False) or bool(value["trained"])
+        if res.best_feasible is False or rule.failed:  # what the user must act on (a study prints no summary)
+            print(f"warning: {prep.name}: {res.constraint_note}", file=sys.stderr, flush=True)
     if pareto is not None:
         res.pareto = pareto
         sweep_run.log_dict({"objectives": space.objectives, "front": res.pareto}, "pareto_front.json")
@@ -531,6 +690,8 @@ def print_summary(res: SweepResult, metric: str, out=sys.stdout) -> None:
         cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in sorted(res.best_config.items()))
         print(f"Best trial ({metric} = {res.best_metrics[metric]:.4f} on validation): {cfg}", file=out)
+        if res.constraint_note:
+            print(res.constraint_note, file=out)
         print("Test OOD metric matrix (%):", file=out)
         print(res.best_matrix.format(), file=out)
     print(f"\nTrials: {res.num_trials} ({res.num_errors} failed) in {res.seconds:.1f} s", file=out)

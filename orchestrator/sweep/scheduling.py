@@ -21,8 +21,14 @@ def scheduler(prep):
 
 
 def max_t(prep) -> int:
-    """ASHA's max_t: one past the last epoch (see :func:`scheduler`)."""
-    return int(prep.fixed.get("epochs", prep.bench.recipe.get("epochs", 10))) + 1
+    """ASHA's max_t: one past the last epoch the trials report (see :func:`scheduler`) — a fine-tuning method's own
+    epochs (its trainer's ``epochs_knob``, e.g. ``finetune_epochs``), else the recipe's."""
+    import methods
+
+    method = methods.get(prep.opts.method)
+    trainer = method.trainer_class()
+    knob = trainer.epochs_knob if trainer is not None else "epochs"
+    return int(method.resolve(prep.fixed, prep.bench.recipe)[knob]) + 1
 
 
 def report_policy(prep) -> ReportPolicy:

@@ -31,8 +31,11 @@ def storage_url(optuna_storage: str | None, tracking_uri: str, storage_path: str
 def _storage(url: str):
     import optuna
 
-    # A long SQLite busy timeout: the dashboard or a figure may read while the driver writes.
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # A long SQLite busy timeout: the dashboard or a figure may read while the driver writes. A database server:
+    # test a pooled connection before using it (after the server restarted, the first write would fail on a dead
+    # one; Optuna does this for MySQL only). Optuna's heartbeat and RetryFailedTrialCallback are for trials run by
+    # study.optimize; a sweep writes ended trials only (orchestrator.tracking.stores.StoredStudy retries them).
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
@@ -72,9 +75,47 @@ def open_study(url: str | None, name: str, objectives: list[tuple[str, str]], se
                                load_if_exists=True)
 
 
-def storage_for_tune(url: str | None):
-    """What ``OptunaSearch(storage=...)`` takes (a storage object, not a URL; see RAY_NOTES)."""
-    return _storage(url) if url else None
+class TuneStudyMirror:
+    """The stored study of a sweep run by Ray Tune, written from the trials that ended.
+
+    Tune's searcher (``OptunaSearch``) keeps its study in memory, as a batched sweep does: with an RDB storage every
+    suggestion and result would be a database round trip, and a storage that stops answering would stop the search.
+    The sweep's tracking callback tells this mirror each ended trial (:meth:`ended` builds it: params and
+    distributions from the search space, values from the trial's last result — what ``OptunaSearch`` tells its own
+    study —, user attribute ``trial_id``), and ``stored`` (a :class:`orchestrator.tracking.stores.StoredStudy`)
+    writes it on the tracking queue, or spools it while the storage is away. ``constraint``: the sweep's ID-accuracy
+    constraint (:mod:`orchestrator.sweep.constraint`), whose value a completed trial carries, as in the searcher's
+    study."""
+
+    def __init__(self, stored, define, objectives: list[tuple[str, str]], constraint=None):
+        self.stored, self.define, self.objectives = stored, define, objectives
+        self.constraint = constraint
+
+    def __getstate__(self) -> dict:  # pickled with Tune's callbacks: a restored driver's are replaced anyway
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.stored = self.define = self.constraint = None
+        self.objectives = []
+
+    def ended(self, trial_id: str, config: dict, result: dict, failed: bool):
+        """The FrozenTrial of a Tune trial that ended with ``result`` (``failed``: it raised)."""
+        import math
+
+        import optuna
+
+        fixed = optuna.trial.FixedTrial(config)
+        self.define(fixed)
+        values = [result.get(metric) for metric, _ in self.objectives]
+        complete = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        state = (optuna.trial.TrialState.COMPLETE if complete else
+                 optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED)
+        frozen = optuna.trial.create_trial(state=state, values=[float(v) for v in values] if complete else None,
+                                           params=fixed.params, distributions=fixed.distributions,
+                                           user_attrs={"trial_id": trial_id})
+        if self.constraint is not None and complete:
+            self.constraint.tell(frozen, result)
+        return frozen
 
 
 def load(url: str, name: str):

@@ -90,6 +90,32 @@ def tune_trainable(config: dict[str, Any], bench: Benchmark, settings: dict[str,
     tune.report(final)
 
 
+def trial_class_name(method: str) -> str:
+    """The class name the Ray dashboard shows for a sweep's trial actors: ``ascood`` → ``AscoodTrial``."""
+    return "".join(part.title() for part in method.replace("-", "_").split("_")) + "Trial"
+
+
+def named_trainable(trainable, method: str, sweep: str, per_trial: bool) -> type:
+    """``trainable`` (:func:`tune_trainable` with its parameters and resources) as the Tune trainable class whose
+    actors the Ray dashboard lists under the method's name (:func:`trial_class_name`) with a repr naming the trial
+    and the sweep — Tune would list every trial of every sweep as ``ImplicitFunc``, its tasks as
+    ``ImplicitFunc.train``. Ray reads an actor's repr once, when the actor starts (and names its tasks
+    ``<repr>.<method>`` after it): ``per_trial`` says that each trial gets an actor of its own (Tune's
+    ``reuse_actors=False``; free when all trials run at once), so the repr can name the trial; an actor reused for
+    several trials is named by its sweep only. The class's ``actor_per_trial`` says which (what the Tuner's
+    ``reuse_actors`` must be)."""
+    from ray.tune.trainable import wrap_function
+
+    base = wrap_function(trainable)  # what Tune does to a function trainable (it keeps a class as it is)
+
+    def __repr__(self) -> str:
+        return f"{method} trial {self.trial_id} · {sweep}" if per_trial else f"{method} trials · {sweep}"
+
+    name = trial_class_name(method)
+    return type(name, (base,), {"__repr__": __repr__, "__qualname__": name, "__module__": __name__,
+                                "actor_per_trial": per_trial})
+
+
 class RepeatedFailure(RuntimeError):
     """The trial failed the same way on its last attempts: running it again would fail again."""
 

@@ -1,5 +1,7 @@
 """The Ray Tune callback that writes every trial to MLflow, on the driver (:class:`TrialRuns` fed by Tune's
-events: trial started, per-epoch results, completed, failed, experiment ended)."""
+events: trial started, per-epoch results, completed, failed, experiment ended), and each ended trial to the sweep's
+stored Optuna study (Tune's searcher keeps its own study in memory: a storage that stops answering must not stop
+the search)."""
 from __future__ import annotations
 
 import json
@@ -41,12 +43,14 @@ class MLflowTrialLogger(TrialRuns, Callback):
         trial_id, config, last = trial.trial_id, dict(trial.config), dict(trial.last_result or {})
         self._flush_pending(trial_id, config)
         self._submit(lambda: self._complete(trial_id, config, last))
+        self.keep_trial(trial_id, config, last, failed=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = ""
         if getattr(trial, "error_file", None) and os.path.exists(trial.error_file):
             error = Path(trial.error_file).read_text()[-4000:]
         self.fail(trial.trial_id, trial.config, error)
+        self.keep_trial(trial.trial_id, trial.config, trial.last_result, failed=True)
 
     def on_experiment_end(self, trials, **info):
         self.drop_unknown({t.trial_id for t in trials})

@@ -3,7 +3,9 @@
 All logging happens on the driver (a Ray Tune callback), so one process writes the store: SQLite never
 sees concurrent writers, and trials on remote nodes need no access to the tracking server.
 Child runs carry the tag ``oodsweep.trial_id``; a resumed sweep finds and continues them instead of
-creating duplicates.
+creating duplicates. Every write of a sweep goes through one :class:`~orchestrator.tracking.writer.WriteQueue`
+(:attr:`SweepRun.writes`) and its :class:`~orchestrator.tracking.stores.TrackingClient`: a store that goes away
+delays them, then they go to the sweep's spool (:mod:`orchestrator.tracking.spool`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from orchestrator.metrics import OODMatrix
 from orchestrator.tracking.tags import (  # noqa: F401 - the tag names, also read from here
     SEED_REPEAT_TAG,
     SOURCE_TRIAL_TAG,
+    SPOOL_TAG,
     STUDY_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -44,8 +47,12 @@ def resolve_tracking_uri(uri: str | None, workdir: str | os.PathLike = ".") -> s
 
 
 def client_for(uri: str):
+    """MLflow's own client for reads (and the writes of tools that are no sweep), with the sweep's settings."""
     from mlflow.tracking import MlflowClient
 
+    from orchestrator.tracking.stores import quiet_mlflow_env
+
+    quiet_mlflow_env()
     return MlflowClient(tracking_uri=uri)
 
 
@@ -91,9 +98,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any trial starts, when an MLflow server is down."""
     if not uri.startswith(("http://", "https://")):
         return
-    # MLflow's own HTTP retries back off for minutes; the tracker queues and retries events itself.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     import urllib.error
     import urllib.request
 
@@ -120,21 +124,40 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 class SweepRun:
-    """The sweep's parent MLflow run."""
+    """The sweep's parent MLflow run, and the write queue and client that every MLflow write of the sweep goes
+    through."""
 
     def __init__(self, uri: str, experiment: str, sweep_name: str, run_id: str | None = None,
-                 tags: dict[str, str] | None = None):
+                 tags: dict[str, str] | None = None, spool: str | os.PathLike | None = None, on_status=None):
         """A new run named ``sweep_name`` (tags: ``oodsweep.sweep``, or ``tags`` — a study's run is no sweep), or
-        the existing ``run_id``."""
+        the existing ``run_id``. ``spool``: the folder that keeps the writes the store does not take (default: a
+        folder named after the sweep in the temp folder); ``on_status``: called with a line when the writes wait
+        for a store (:attr:`orchestrator.tracking.writer.WriteQueue.on_status`)."""
+        from orchestrator.tracking.spool import Spool
+        from orchestrator.tracking.stores import TrackingClient
+        from orchestrator.tracking.writer import WriteQueue
+
         self.uri = uri
-        self.client = client_for(uri)
+        self.writes = WriteQueue("MLflow", on_status=on_status)
+        folder = spool or Path(tempfile.gettempdir()) / f"oodsweep-spool-{sweep_name}"
+        self.client = TrackingClient(uri, self.writes, Spool(folder, {"tracking_uri": uri, "sweep": sweep_name,
+                                                                      "experiment": experiment}))
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.client.know_experiment(self.experiment_id, experiment)
         if run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=sweep_name,
                                          tags={SWEEP_TAG: sweep_name} if tags is None else tags)
             run_id = run.info.run_id
+        else:
+            self.client.adopt(self.client.store.get_run(run_id))
         self.run_id = run_id
+
+    @property
+    def spool(self):
+        """The :class:`~orchestrator.tracking.spool.Spool` of this run's writes (``spool.count``: how many went
+        there)."""
+        return self.client.spool
 
     def log_params(self, params: dict[str, Any], overwrite_ok: bool = False) -> None:
         """Params are immutable in MLflow; with ``overwrite_ok`` (a resumed sweep's best.*) existing ones are kept

@@ -11,3 +11,7 @@ SEED_REPEAT_TAG = "oodsweep.seed_repeat"
 SOURCE_TRIAL_TAG = "oodsweep.source_trial_id"
 #: MLflow's own tag of a nested run.
 PARENT_TAG = "mlflow.parentRunId"
+#: Every run oodsweep creates: the key it was given before it existed (a replayed spool finds it by this tag).
+SPOOL_TAG = "oodsweep.spool_id"
+#: A run a spool was replayed into: the digest of that spool's records of the run (a second replay skips it).
+SYNCED_TAG = "oodsweep.spool_synced"

@@ -8,9 +8,6 @@ never imports it (:mod:`orchestrator.tracking.callback` is the Tune callback).
 from __future__ import annotations
 
 import json
-import sys
-import tempfile
-from pathlib import Path
 
 from orchestrator.metrics import OODMatrix
 from orchestrator.tracking.runs import (
@@ -21,23 +18,28 @@ from orchestrator.tracking.runs import (
     now_ms,
     numeric_metrics,
 )
-from orchestrator.tracking.writer import WriteQueue
 
 
 class TrialRuns:
-    """A sweep's child run per trial — params, per-epoch validation, the final matrix — written on one background
-    queue of the driver (:class:`orchestrator.tracking.writer.WriteQueue`). Batched post-hoc sweeps call it
-    directly; :class:`orchestrator.tracking.callback.MLflowTrialLogger` feeds it Ray Tune's events."""
+    """A sweep's child run per trial — params, per-epoch validation, the final matrix — written on the sweep's
+    write queue (:attr:`orchestrator.tracking.runs.SweepRun.writes`; retried, then spooled, while the store is
+    away). Batched post-hoc sweeps call it directly; :class:`orchestrator.tracking.callback.MLflowTrialLogger`
+    feeds it Ray Tune's events. ``study``: what tells the sweep's stored Optuna study the trials of a Tune sweep
+    (:class:`orchestrator.sweep.study.TuneStudyMirror`; a batched sweep writes its study itself). ``annotate``:
+    ``result -> (metrics, tags)`` added to a trial's final result (the ID-accuracy constraint's verdict,
+    :meth:`orchestrator.sweep.constraint.Constraint.annotate`)."""
 
-    def __init__(self, sweep: SweepRun, tags: dict[str, str] | None = None):
+    def __init__(self, sweep: SweepRun, tags: dict[str, str] | None = None, study=None, annotate=None):
         self.sweep = sweep
         self.client = sweep.client
         self.tags = tags or {}
+        self.study = study
+        self.annotate = annotate
         self.child: dict[str, str] = {}
         self.failures = 0
         self.recorded: dict[str, str] = {}  # trial id -> run id of runs written in one go (record)
-        #: Every write, in order (kept and retried while the store is away; see orchestrator.tracking.writer).
-        self.writes = WriteQueue("MLflow")
+        #: Every write, in order (the sweep's queue: see orchestrator.tracking.writer).
+        self.writes = sweep.writes
         self.pending: dict[str, list] = {}  # per-epoch metrics not yet written, per trial
         self.flushed: dict[str, float] = {}
 
@@ -45,6 +47,8 @@ class TrialRuns:
         runs = self.client.search_runs([self.sweep.experiment_id],
                                        filter_string=f"tags.mlflow.parentRunId = '{self.sweep.run_id}'",
                                        max_results=5000)
+        for r in runs:
+            self.client.adopt(r)
         return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
 
     def setup(self, **info):
@@ -108,8 +112,10 @@ class TrialRuns:
                                              run_name=f"trial-{trial_id}")
                 run_id = self.recorded[trial_id] = run.info.run_id
             step = int(result.get("epoch", 0)) + 1
-            metrics = [Metric(k, v, ended, step) for k, v in numeric_metrics(result).items()]
+            judged, judged_tags = self._judged(result, step, ended)
+            metrics = [*(Metric(k, v, ended, step) for k, v in numeric_metrics(result).items()), *judged]
             tags = [RunTag("error", error.strip().splitlines()[0][:5000])] if error.strip() else []
+            tags += judged_tags
             params = [Param(k, v) for k, v in as_params(config).items()]
             self.client.log_batch(run_id, metrics=metrics[:1000], params=params, tags=tags)
             for start in range(1000, len(metrics), 1000):  # MLflow's log_batch limit
@@ -128,10 +134,21 @@ class TrialRuns:
             config = dict(config)
             self._submit(lambda: self._log_result(trial_id, config, {}, batch))
 
+    def _judged(self, result: dict, step: int, at_ms: int) -> tuple[list, list]:
+        """The MLflow metrics and tags ``annotate`` adds to a final result (none to per-epoch ones)."""
+        if self.annotate is None or not result.get("final"):
+            return [], []
+        from mlflow.entities import Metric, RunTag
+
+        metrics, tags = self.annotate(result)
+        return [Metric(k, v, at_ms, step) for k, v in metrics.items()], [RunTag(k, v) for k, v in tags.items()]
+
     def _log_result(self, trial_id, config, result, metrics):
         run_id = self._run_for(trial_id, config)
+        judged, tags = self._judged(result, int(result.get("epoch", 0)) + 1, now_ms())
+        metrics = [*metrics, *judged]
         for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
-            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000], tags=tags if start == 0 else [])
         if result.get("matrix_json"):
             # The CSV and JSON of the matrix; its heatmap is drawn for the best trial only (a figure per trial cost
             # more than scoring a post-hoc configuration: ~0.15 s of the driver's time each).
@@ -151,14 +168,18 @@ class TrialRuns:
         self.client.set_terminated(run_id, "FAILED")
 
     def end_unfinished(self, status: str = "KILLED") -> None:
-        """Give every child run this sweep left RUNNING (its trial was stopped) a final ``status``."""
+        """Give every child run this sweep left RUNNING (its trial was stopped) a final ``status`` (through the
+        spool when the store is away)."""
         self.flush()
         for run_id in self.child.values():
+            if self.client.ended(run_id):
+                continue
             try:
-                if self.client.get_run(run_id).info.status == "RUNNING":
-                    self.client.set_terminated(run_id, status)
-            except Exception as exc:  # noqa: BLE001 - the store may be gone; say so, never hang here
-                print(f"warning: MLflow run {run_id} could not be marked {status}: {exc}", file=sys.stderr)
+                running = self.client.get_run(run_id).info.status == "RUNNING"
+            except Exception:  # noqa: BLE001 - the store does not answer: end it anyway (queued, then spooled)
+                running = True
+            if running:
+                self.client.set_terminated(run_id, status)
 
     def drop_unknown(self, known: set[str]) -> None:
         # A driver killed between creating a child run and Tune's next experiment-state snapshot leaves a run for a
@@ -168,13 +189,16 @@ class TrialRuns:
                 self._submit(lambda run_id=run_id: self.client.delete_run(run_id))
                 del self.child[trial_id]
 
-    def close(self, rows: list[dict]) -> None:
-        """Write what is queued (retrying a few times); if the store stays away, save ``rows`` (every trial's
-        final result) to a file and say where."""
-        if self.writes.close():
+    def close(self, rows: list[dict] | None = None) -> None:
+        """Write what is queued: a store that is away is waited for (``--store-retry-seconds``), then the rest goes
+        to the spool (``rows``, every trial's final result, is no longer needed: the spool holds the same)."""
+        self.writes.close()
+
+    # ------------------------------------------------------------ the stored Optuna study of a Tune sweep
+    def keep_trial(self, trial_id: str, config: dict, result: dict | None, failed: bool) -> None:
+        """Tell the stored study (``study``) that the trial ended, on the write queue."""
+        if self.study is None or self.study.stored is None:
             return
-        path = Path(tempfile.gettempdir()) / f"oodsweep-unsynced-{self.sweep.run_id}.json"
-        path.write_text(json.dumps(rows, indent=1, default=str))
-        print(f"warning: {len(self.writes)} MLflow updates could not be written; every trial's final result is in "
-              f"{path}", file=sys.stderr, flush=True)
+        frozen, stored = self.study.ended(trial_id, dict(config), dict(result or {}), failed), self.study.stored
+        self._submit(lambda: stored.add_trial(frozen))
 

@@ -1,5 +1,6 @@
 """MLflow logging from the driver: child runs per trial, no duplicates on resume, nothing lost when the
-tracking server drops mid-sweep (events queue and are written once it is back)."""
+tracking server drops mid-sweep (events queue and are written once it is back; a server that stays away:
+tests/tracking/test_outage.py)."""
 import json
 from types import SimpleNamespace
 
@@ -23,7 +24,7 @@ def _final():
 def _logger(tmp_path, sweep_name="s"):
     """A trial logger on a fresh SQLite store: (uri, parent sweep run, logger after setup)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sweep = SweepRun(uri, "exp", sweep_name)
+    sweep = SweepRun(uri, "exp", sweep_name, spool=tmp_path / "spool")
     logger = MLflowTrialLogger(sweep)
     logger.setup()
     return uri, sweep, logger
@@ -41,16 +42,17 @@ def test_events_survive_a_dropped_server_and_resume_finds_existing_children(tmp_
     uri, sweep, logger = _logger(tmp_path, "s1")
     t1 = _trial("t1", k=3)
     logger.on_trial_start(0, [], t1)
-    working = logger.client
-    logger.client = MlflowClient(tracking_uri="http://127.0.0.1:9")  # the server goes away
+    working = logger.client.store
+    logger.client.store = MlflowClient(tracking_uri="http://127.0.0.1:9")  # the server goes away
     t2 = _trial("t2", k=5)
     logger.on_trial_start(0, [], t2)
     logger.on_trial_result(0, [], t1, _final())
     t1.last_result = _final()
     logger.on_trial_complete(0, [], t1)
     assert len(logger.writes) == 3  # nothing written, nothing dropped
-    logger.client = working  # ... and comes back
+    logger.client.store = working  # ... and comes back within --store-retry-seconds
     logger.on_experiment_end([t1, t2])
+    assert sweep.spool.count == 0  # all written, nothing spooled
     assert len(logger.writes) == 0
     client = MlflowClient(tracking_uri=uri)
     runs = {r.data.tags["oodsweep.trial_id"]: r for r in client.search_runs([sweep.experiment_id])
@@ -60,7 +62,7 @@ def test_events_survive_a_dropped_server_and_resume_finds_existing_children(tmp_
     assert {a.path for a in client.list_artifacts(runs["t1"].info.run_id)} >= {"ood_matrix.csv", "ood_matrix.json"}
 
     # a resumed driver: a new logger on the same parent reuses the child runs
-    again = MLflowTrialLogger(SweepRun(uri, "exp", "s1", run_id=sweep.run_id))
+    again = MLflowTrialLogger(SweepRun(uri, "exp", "s1", run_id=sweep.run_id, spool=tmp_path / "spool"))
     again.setup()
     again.on_trial_start(0, [], t2)
     again.on_trial_complete(0, [], t2)
@@ -70,7 +72,7 @@ def test_events_survive_a_dropped_server_and_resume_finds_existing_children(tmp_
 
 def test_failed_trial_logs_its_error(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sweep = SweepRun(uri, "exp", "s")
+    sweep = SweepRun(uri, "exp", "s", spool=tmp_path / "spool")
     logger = MLflowTrialLogger(sweep)
     err = tmp_path / "error.txt"
     err.write_text("Traceback ...\nValueError: energy temperature must be > 0, got -1.0\n")
