@@ -17,6 +17,8 @@
    the known durations.
 
     python scripts/study_concurrency_speed.py [--only smoke|cluster] [--scale 1.0] [--keep]
+
+``TIMELINE=1`` also prints the simulated sweeps' start and end times and how many trials hold a GPU every 5 s.
 """
 from __future__ import annotations
 

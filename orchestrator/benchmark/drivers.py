@@ -42,7 +42,7 @@ PRELOAD = ("torch", "mlflow", "optuna", "orchestrator.sweep.runner", "orchestrat
 
 def server(preload: tuple[str, ...] = PRELOAD):
     """The multiprocessing context whose processes are forked from a server that imported ``preload``; the server
-    starts now and imports in the background (the study meanwhile checks its sweeps)."""
+    starts now and imports in the background (the study meanwhile starts Ray)."""
     import multiprocessing
     from multiprocessing import forkserver
 
