@@ -151,6 +151,3 @@ class ASCOOD(Method):
 
     def trainer_class(self):
         return ASCOODTrainer
-
-    def scorer(self, params):
-        return self.delegated_scorer(params)

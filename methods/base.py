@@ -227,7 +227,11 @@ class Method:
         return None
 
     def scorer(self, params: Mapping[str, Any]) -> Scorer:
-        raise NotImplementedError
+        """The scorer for ``params``: a post-hoc method builds its own; a method that declares a scorer knob
+        (every trained method) scores with the post-hoc method that knob names, so it need not define this."""
+        if self.scorer_knob() is not None:
+            return self.delegated_scorer(params)
+        raise NotImplementedError(f"method {self.name} declares neither a scorer nor a scorer knob")
 
     # ---- the declared contract
     @classmethod

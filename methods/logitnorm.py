@@ -53,6 +53,3 @@ class LogitNorm(Method):
 
     def trainer_class(self):
         return LogitNormTrainer
-
-    def scorer(self, params):
-        return self.delegated_scorer(params)

@@ -131,6 +131,3 @@ class MixOE(Method):
 
     def trainer_class(self):
         return MixOETrainer
-
-    def scorer(self, params):
-        return self.delegated_scorer(params)

@@ -236,6 +236,3 @@ class MODE(Method):
 
     def trainer_class(self):
         return MODETrainer
-
-    def scorer(self, params):
-        return self.delegated_scorer(params)

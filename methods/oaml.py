@@ -290,6 +290,3 @@ class OAML(Method):
 
     def trainer_class(self):
         return OAMLTrainer
-
-    def scorer(self, params):
-        return self.delegated_scorer(params)

@@ -62,6 +62,3 @@ class OutlierExposure(Method):
 
     def trainer_class(self):
         return OETrainer
-
-    def scorer(self, params):
-        return self.delegated_scorer(params)

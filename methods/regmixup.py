@@ -70,6 +70,3 @@ class RegMixup(Method):
 
     def trainer_class(self):
         return RegMixupTrainer
-
-    def scorer(self, params):
-        return self.delegated_scorer(params)

@@ -70,6 +70,3 @@ class T2FNorm(Method):
 
     def trainer_class(self):
         return T2FNormTrainer
-
-    def scorer(self, params):
-        return self.delegated_scorer(params)

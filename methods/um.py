@@ -129,6 +129,3 @@ class UnleashingMask(Method):
 
     def trainer_class(self):
         return UMTrainer
-
-    def scorer(self, params):
-        return self.delegated_scorer(params)

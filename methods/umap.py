@@ -164,6 +164,3 @@ class UnleashingMaskAdaptivePruning(Method):
 
     def trainer_class(self):
         return UMAPTrainer
-
-    def scorer(self, params):
-        return self.delegated_scorer(params)

@@ -221,6 +221,3 @@ class VOS(Method):
 
     def trainer_class(self):
         return VOSTrainer
-
-    def scorer(self, params):
-        return self.delegated_scorer(params)
