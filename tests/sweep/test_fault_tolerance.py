@@ -63,6 +63,7 @@ def test_sweep_survives_a_worker_node_dying(workdir):
     import ray
     from ray.cluster_utils import Cluster
 
+    from orchestrator.sweep import constraint
     from orchestrator.sweep.prepare import prepare
     from orchestrator.sweep.runner import run as run_sweep
 
@@ -84,6 +85,7 @@ def test_sweep_survives_a_worker_node_dying(workdir):
     try:
         prep = prepare(_opts(workdir, method="ascood", address=cluster.address, num_samples=3,
                                    max_concurrent=2, epochs=8, max_failures=3))
+        constraint.set_margin(prep, None, "test")  # no reference classifier: this test is about the node
         res = run_sweep(prep)
     finally:
         ray.shutdown()
@@ -101,7 +103,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(workdir):
     # from its last checkpoint (a documented limit), and short trials made that race part of the test.
     cmd = [sys.executable, "-m", "orchestrator", "sweep", "ascood", "--num-samples", "3", "--max-concurrent", "1",
            "--epochs", "20", "--name", "resumable", "--no-dashboard", "--num-cpus", "2",
-           "--cache-dir", str(workdir / "cache")]
+           "--cache-dir", str(workdir / "cache"), "--max-id-acc-drop", "none"]  # (no reference classifier to train)
     env = {**ENV, "HOME": str(workdir)}
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

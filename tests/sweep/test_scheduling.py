@@ -7,6 +7,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import UsageError
+from orchestrator.sweep import constraint
 from orchestrator.sweep.prepare import SweepOptions, prepare
 from orchestrator.sweep.runner import run as run_sweep
 from orchestrator.sweep.scheduling import pareto_front
@@ -24,7 +25,9 @@ def local_ray():
 def _run(tmp_path, **kw):
     opts = SweepOptions(**{**dict(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", storage_path=str(tmp_path / "r"),
                                   cache_dir=str(tmp_path / "cache"), dashboard=False, quiet=True, smoke_test=True), **kw})
-    res = run_sweep(prepare(opts))
+    prep = prepare(opts)
+    constraint.set_margin(prep, None, "test")  # scheduling only: no ID-accuracy reference classifier to train
+    res = run_sweep(prep)
     client = MlflowClient(tracking_uri=opts.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("oodsweep").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
