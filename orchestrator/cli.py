@@ -133,7 +133,7 @@ def _cmd_sweep(args) -> int:
     result = run(prep)
     print_summary(result, prep.space.metric)
     if result.spooled:  # docs/store_outages.md
-        print(f"error: {spool_line(result)}", file=sys.stderr)
+        print(f"error: {result.spool_line()}", file=sys.stderr)
     if result.interrupted:
         from orchestrator.sweep.interrupt import EXIT_CODES
 
@@ -141,13 +141,6 @@ def _cmd_sweep(args) -> int:
     if result.spooled:
         return 3
     return 0 if result.best_matrix is not None else 1
-
-
-def spool_line(result) -> str:
-    """The one line of a sweep whose stores did not take some records (exit code 3)."""
-    away = " and ".join(result.away) or "the tracking stores"
-    return (f"{away} did not take {result.spooled} records of this sweep; they are kept in {result.spool}: write "
-            f"them with {result.sync_command} [--tracking-uri URI]")
 
 
 #: ``list``'s words for each of ``methods.registry.READS``.

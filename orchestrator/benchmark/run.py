@@ -91,14 +91,19 @@ def run(study_file: str, common: dict[str, Any], dry_run: bool = False, out: str
     status = "FAILED"
     try:
         with StopSignals() as signals:
-            stopped = _run_sweeps(planned, folder, state, study_run, at_most, signals, log)
-        if stopped:
+            ran = _run_sweeps(planned, folder, state, study_run, at_most, signals, log)
+        if isinstance(ran, int):
             status = "KILLED"
             print(f"Study {spec.name} stopped; run the same command to continue it:\n  {again}", flush=True)
-            return stopped
+            return ran
         rows = _leaderboard(planned, uri, experiment)
         _write_leaderboard(rows, spec, folder if out is None else Path(out), study_run, again)
         status = "FINISHED" if all(v.get("status") == "FINISHED" for v in state["sweeps"].values()) else "FAILED"
+        if ran:  # docs/store_outages.md: the leaderboard lacks what the stores did not take
+            print(f"error: the tracking stores did not take every record of {len(ran)} sweep(s) ({', '.join(ran)}), "
+                  f"so the leaderboard may lack them: run `python -m orchestrator sync SWEEP` for each (lines above), "
+                  f"then this command again to rebuild the leaderboard:\n  {again}", file=sys.stderr, flush=True)
+            return 3
         return 0 if status == "FINISHED" else 1
     except KeyboardInterrupt:  # before any sweep started
         status = "KILLED"
@@ -119,9 +124,10 @@ def _started(storage: Path) -> frozenset[str]:
 
 
 def _run_sweeps(planned: plan.Plan, folder: Path, state: dict, study_run, at_most: int | None, signals,
-                log) -> int | None:
+                log) -> int | list[str]:
     """Run the sweeps not finished yet, each in its driver process (:mod:`orchestrator.benchmark.drivers`) on one
-    Ray cluster, scheduled by :mod:`orchestrator.benchmark.schedule`; the exit code when a signal stopped them."""
+    Ray cluster, scheduled by :mod:`orchestrator.benchmark.schedule`; the exit code when a signal stopped them,
+    else the names of the sweeps whose records went to their spool (a store was away)."""
     import optuna
     import ray
 
@@ -139,7 +145,7 @@ def _run_sweeps(planned: plan.Plan, folder: Path, state: dict, study_run, at_mos
         else:
             todo[s.name] = (i, s)
     if not todo:
-        return None
+        return []
     # The sweep drivers' fork server imports PyTorch, MLflow, Optuna... now, while Ray starts.
     context = drivers.server()
     url, which = runner.init_ray(first.opts, study_metadata(spec.name, first.tracking_uri, study_run.run_id,
@@ -165,6 +171,7 @@ def _run_sweeps(planned: plan.Plan, folder: Path, state: dict, study_run, at_mos
              for _, s in todo.values()]
     scheduler = schedule.Scheduler(works, ray.cluster_resources(), ModelCache(first.opts.cache_dir).has_model, at_most)
     errors: list[str] = []
+    spooled: list[str] = []  # the sweeps whose stores did not take some records
     done = [total - len(todo)]
     lanes = drivers.Lanes(context, address, f"oodsweep-{spec.name}-{os.getpid()}")
     handles: dict[str, drivers.LaneSweep] = {}
@@ -196,6 +203,11 @@ def _run_sweeps(planned: plan.Plan, folder: Path, state: dict, study_run, at_mos
         _write_state(folder, state)
         line = outcome.get("line") or f"its driver ended with exit code {outcome.get('exitcode')}"
         print(f"[{done[0]}/{total} ended] {s.name} {status}: {line}", flush=True)
+        if outcome.get("spooled"):  # a store was away: the sweep's records wait in its spool (exit 3 at the end)
+            state["sweeps"][s.name]["spooled"] = outcome["spooled"]
+            _write_state(folder, state)
+            spooled.append(s.name)
+            print(f"    {s.name}: {outcome['spool_line']}", file=sys.stderr, flush=True)
         if status == "FAILED":  # what the user must look at
             print(f"    {s.name}: {line} (log: {s.prep.experiment_path}/oodsweep.log)", file=sys.stderr, flush=True)
 
@@ -209,7 +221,7 @@ def _run_sweeps(planned: plan.Plan, folder: Path, state: dict, study_run, at_mos
         return EXIT_CODES[signals.received]
     if errors:
         raise UsageError(errors[0])
-    return None
+    return spooled
 
 
 #: The benchmarks a sweep driver process has loaded, by fingerprint (drive_sweep).
@@ -252,6 +264,7 @@ def drive_sweep(prep) -> tuple[int, dict[str, Any]]:
     kept = batched.kept_pool() is not None  # kept for this driver's next sweep: what it holds meanwhile
     return code, {"status": status, "parent_run_id": result.parent_run_id, "line": line,
                   "interrupted": result.interrupted, "spooled": result.spooled,
+                  "spool_line": result.spool_line() if result.spooled else "",
                   "kept": {"CPU": prep.resources["cpu"], "GPU": prep.resources["gpu"]} if kept else {}}
 
 

@@ -62,6 +62,12 @@ class SweepResult:
     #: The command that writes the spool into the stores.
     sync_command: str = ""
 
+    def spool_line(self) -> str:
+        """The one line of a sweep whose stores did not take some records (exit code 3)."""
+        away = " and ".join(self.away) or "the tracking stores"
+        return (f"{away} did not take {self.spooled} records of this sweep; they are kept in {self.spool}: write "
+                f"them with {self.sync_command} [--tracking-uri URI]")
+
 
 #: Loggers of the libraries a sweep drives; their records go to the sweep's log file, not to the terminal.
 #: ``ray.init`` resets the "ray" logger, so its busiest children get the handler too (and it is set again after).
