@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from orchestrator.sweep.constraint import DROP_METRIC, FEASIBLE_METRIC
+from orchestrator.tracking.tags import DROP_METRIC, FEASIBLE_METRIC
 
 #: The columns: (key in a row, MLflow metric of the sweep's best trial, title).
 MEASURES = (("near_auroc", "near/auroc", "Near AUROC"), ("far_auroc", "far/auroc", "Far AUROC"),

@@ -54,13 +54,12 @@ from typing import Any
 from orchestrator.errors import UsageError
 from orchestrator.recipe import RECIPE_KNOBS
 from orchestrator.search_space import SearchSpaceError, parse_max_id_acc_drop
+from orchestrator.tracking.tags import DROP_METRIC, FEASIBLE_METRIC
 
 #: The name of the constraint on Optuna trials (system attribute ``constraints:id_acc_drop``).
 OPTUNA_KEY = "id_acc_drop"
 #: The metric a configuration is judged on, and the metrics and tag every finished child run gets.
 ACCURACY = "val/acc"
-DROP_METRIC = "constraint/id_acc_drop"
-FEASIBLE_METRIC = "constraint/feasible"
 MARGIN_METRIC = "constraint/max_id_acc_drop"
 REFERENCE_METRIC = "constraint/reference_val_acc"
 REFERENCE_TEST_METRIC = "constraint/reference_test_acc"

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-from orchestrator.tracking.tags import PARENT_TAG, SEED_REPEAT_TAG, SOURCE_TRIAL_TAG, STUDY_TAG, SWEEP_TAG, TRIAL_TAG
+from orchestrator.tracking.tags import (
+    FEASIBLE_METRIC,
+    PARENT_TAG,
+    SEED_REPEAT_TAG,
+    SOURCE_TRIAL_TAG,
+    STUDY_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+)
 
 # numpy, pandas and the metrics module are imported where used: `python -m orchestrator --help` stays instant.
 
@@ -178,6 +186,10 @@ def _aggregate(records: list[dict]) -> pd.DataFrame:
             values = [float(m[name]) for m in samples if _is_number(m.get(name))]
             row[col] = float(np.mean(values)) if values else float("nan")
             row[f"{col}_std"] = _std(values) if values else float("nan")
+        # The ID-accuracy constraint's verdicts on the counted configurations (trained methods; docs/
+        # constrained_selection.md): "feasible/judged", empty where none was judged.
+        judged = [float(m[FEASIBLE_METRIC]) for m in samples if _is_number(m.get(FEASIBLE_METRIC))]
+        row["feasible"] = f"{sum(v > 0 for v in judged)}/{len(judged)}" if judged else ""
         row.update({"val_metric": top["val_metric"], "val": top["val"],
                     "best_config": ", ".join(f"{k}={_short(v)}" for k, v in top["config"].items()),
                     "best_sweep": top["sweep"], "best_run_id": top["best_run_id"],
@@ -185,7 +197,7 @@ def _aggregate(records: list[dict]) -> pd.DataFrame:
         rows.append(row)
     columns = ["method", "benchmark", "convention", "smoke_test", "seeds", "merged", "sweeps",
                *[c for col in METRICS for c in (col, f"{col}_std")],
-               "val_metric", "val", "best_config", "best_sweep", "best_run_id", "parent_run_ids"]
+               "feasible", "val_metric", "val", "best_config", "best_sweep", "best_run_id", "parent_run_ids"]
     df = pd.DataFrame(rows, columns=columns)
     return sort(df, DEFAULT_SORT) if len(df) else df
 
@@ -219,6 +231,9 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
     conventions = sorted(set(df["convention"])) if len(df) else ["classic"]
     one = conventions[0] if len(conventions) == 1 else None
     header = ["Method", "Benchmark", *(_title(c, one) for c in METRICS), "Seeds", "Best config (val)"]
+    constrained = len(df) > 0 and any(df["feasible"])
+    if constrained:
+        header.insert(-1, "Feasible")
     if one is None:
         header.insert(2, "FPR@95 conv.")
     rows = []
@@ -227,6 +242,8 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
         val = f"{r['val_metric']}={r['val']:.4f}" if _is_number(r["val"]) else r["val_metric"]
         cells = [r["method"], bench, *(_cell(r[c], r[f"{c}_std"], r["seeds"]) for c in METRICS),
                  str(r["seeds"]), f"{r['best_config']} ({val})"]
+        if constrained:
+            cells.insert(-1, r["feasible"] or "-")
         if one is None:
             cells.insert(2, r["convention"])
         rows.append(cells)
@@ -235,7 +252,9 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
                "Seeds counts distinct seeds." if merged else "")
     note = ("Test metrics in % (mean ± std over distinct seeds where seeds > 1); FPR@95 convention: "
             + (f"{one}" if one else "per row") + " (classic = OOD accepted at 95% ID acceptance; "
-            "openood = ID rejected at 95% OOD rejection). Best config chosen on validation only." + repeats)
+            "openood = ID rejected at 95% OOD rejection). Best config chosen on validation only." + repeats
+            + (" Feasible: seeds whose chosen configuration kept its ID validation accuracy within the margin of the "
+               "cross-entropy classifier / seeds judged (docs/constrained_selection.md)." if constrained else ""))
     return header, rows, note
 
 

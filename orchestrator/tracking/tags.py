@@ -15,3 +15,7 @@ PARENT_TAG = "mlflow.parentRunId"
 SPOOL_TAG = "oodsweep.spool_id"
 #: A run a spool was replayed into: the digest of that spool's records of the run (a second replay skips it).
 SYNCED_TAG = "oodsweep.spool_synced"
+#: A trained method's child run under the ID-accuracy constraint (orchestrator.sweep.constraint): its validation
+#: ID-accuracy drop against the cross-entropy reference (points), and 1.0 / 0.0 for feasible / not.
+DROP_METRIC = "constraint/id_acc_drop"
+FEASIBLE_METRIC = "constraint/feasible"

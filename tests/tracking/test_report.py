@@ -230,3 +230,28 @@ def test_missing_store_and_empty_experiment(tmp_path):
     df = report.leaderboard(uri)
     assert df.empty and "No finished sweep" in report.render(df, "table")
     assert report.render(df, "csv").startswith("method,benchmark")
+
+
+@pytest.fixture(scope="module")
+def constrained_store(tmp_path_factory):
+    """Two seeds of a trained method under the ID-accuracy constraint: seed 0's chosen trial feasible, seed 1's not
+    (its sweep found none feasible); and a post-hoc method, never judged."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('constrained') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("oodsweep")
+    for seed, feasible in ((0, 1.0), (1, 0.0)):
+        parent = _sweep(client, exp, f"t-s{seed}", "t", [(0.7, 0.6, "FINISHED")], best=0, seed=seed)
+        (child,) = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'")
+        client.log_metric(child.info.run_id, "constraint/feasible", feasible)
+    _sweep(client, exp, "p-s0", "p", [(0.7, 0.5, "FINISHED")], best=0)
+    return uri
+
+
+def test_report_counts_the_seeds_whose_chosen_configuration_is_feasible(constrained_store):
+    df = report.leaderboard(constrained_store)
+    assert dict(zip(df["method"], df["feasible"], strict=True)) == {"t": "1/2", "p": ""}
+
+
+def test_report_shows_a_feasible_column_only_when_something_was_judged(constrained_store, fake_store):
+    assert ("Feasible" in report.render(report.leaderboard(constrained_store), "table"),
+            "Feasible" in report.render(report.leaderboard(fake_store), "table")) == (True, False)
