@@ -23,6 +23,8 @@ Deliberate choices and differences:
   run in parallel, one per BLAS thread (:func:`methods.nnguide.map_blocks`).
 - Features and probabilities are kept in float32 (a 50,000-sample bank of 512-d features is 100 MB, not 200); the
   edges of a block are summed in float64. A test sample with no edge above τ scores 0.
+- r^t is computed as exp(t · ln r) in float32 (NumPy's vectorised exp and log: about 5x ``np.power``, which
+  dominated a configuration with t ≠ 1); it agrees with r^t to float32 rounding (relative ~1e-7 per edge).
 """
 from __future__ import annotations
 
@@ -110,8 +112,11 @@ class RelationScorer(FeatureScorer):
             np.maximum(rel, 0.0, out=rel)
             rel *= probs[start:stop] @ probs_t
             rel[rel <= self.threshold] = 0.0
-            if self.power != 1.0:
-                np.power(rel, self.power, out=rel)
+            if self.power != 1.0:  # r^t as exp(t·ln r): NumPy's SIMD exp and log, ~5x np.power (zeros stay 0)
+                with np.errstate(divide="ignore"):
+                    np.log(rel, out=rel)
+                rel *= np.float32(self.power)
+                np.exp(rel, out=rel)
             return rel.sum(axis=1, dtype=np.float64)
 
         return map_blocks(block, len(features), max(1, BLOCK_ENTRIES // len(self.features_)))
