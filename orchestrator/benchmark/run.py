@@ -23,6 +23,7 @@ from typing import Any
 
 from orchestrator.benchmark import leaderboard, plan
 from orchestrator.errors import UsageError
+from orchestrator.tracking.spool import SPOOL_DIR
 
 STATE_FILE = "oodsweep_study.json"
 
@@ -73,11 +74,20 @@ def run(study_file: str, common: dict[str, Any], dry_run: bool = False, out: str
 
     uri = planned.sweeps[0].prep.tracking_uri
     experiment = common.get("experiment") or "oodsweep"
+    # The study's own writes go through the same retrying queue as a sweep's; what a store does not take is kept in
+    # the study's folder (docs/store_outages.md).
+    spool = folder / SPOOL_DIR
+
+    def say(line: str) -> None:  # what the study's writes wait for (a store that does not answer)
+        print(f"study {spec.name}: {line}", flush=True)
+
     if state.get("study_run_id"):
-        study_run = runs.SweepRun(uri, experiment, spec.name, run_id=state["study_run_id"])
+        study_run = runs.SweepRun(uri, experiment, spec.name, run_id=state["study_run_id"], spool=spool,
+                                  on_status=say)
         study_run.client.update_run(study_run.run_id, status="RUNNING")
     else:
-        study_run = runs.SweepRun(uri, experiment, spec.name, tags={runs.STUDY_TAG: spec.name})
+        study_run = runs.SweepRun(uri, experiment, spec.name, tags={runs.STUDY_TAG: spec.name}, spool=spool,
+                                  on_status=say)
         study_run.log_params({"study_file": str(spec.path), "benchmarks": ",".join(spec.benchmarks),
                               "seeds": ",".join(map(str, spec.seeds)), "entries": ",".join(e.label for e in
                                                                                             spec.entries),
@@ -88,29 +98,62 @@ def run(study_file: str, common: dict[str, Any], dry_run: bool = False, out: str
     _write_state(folder, state)
     again = command_line(argv or ["benchmark", study_file])
     print(plan.describe(planned, at_most), flush=True)
-    status = "FAILED"
-    try:
+    def conclude() -> tuple[int, str]:
+        """Run the sweeps, then write the leaderboard: (exit code, the study run's status)."""
         with StopSignals() as signals:
             ran = _run_sweeps(planned, folder, state, study_run, at_most, signals, log)
         if isinstance(ran, int):
-            status = "KILLED"
             print(f"Study {spec.name} stopped; run the same command to continue it:\n  {again}", flush=True)
-            return ran
-        rows = _leaderboard(planned, uri, experiment)
+            return ran, "KILLED"
+        try:
+            rows = _leaderboard(planned, uri, experiment)
+        except Exception as exc:  # noqa: BLE001 - MLflow's, SQLAlchemy's or the HTTP stack's, when the store is away
+            if _store_answers(uri):
+                raise
+            print(f"error: the study's sweeps ended, but the MLflow store {uri} does not answer "
+                  f"({type(exc).__name__}), so the leaderboard cannot be read from it: run the same command again "
+                  f"once it does (finished sweeps are kept):\n  {again}", file=sys.stderr, flush=True)
+            return 3, "FINISHED"
         _write_leaderboard(rows, spec, folder if out is None else Path(out), study_run, again)
         status = "FINISHED" if all(v.get("status") == "FINISHED" for v in state["sweeps"].values()) else "FAILED"
         if ran:  # docs/store_outages.md: the leaderboard lacks what the stores did not take
             print(f"error: the tracking stores did not take every record of {len(ran)} sweep(s) ({', '.join(ran)}), "
                   f"so the leaderboard may lack them: run `python -m orchestrator sync SWEEP` for each (lines above), "
                   f"then this command again to rebuild the leaderboard:\n  {again}", file=sys.stderr, flush=True)
-            return 3
-        return 0 if status == "FINISHED" else 1
+            return 3, status
+        return (0 if status == "FINISHED" else 1), status
+
+    code, status = 1, "FAILED"
+    try:
+        code, status = conclude()
     except KeyboardInterrupt:  # before any sweep started
-        status = "KILLED"
+        code, status = 130, "KILLED"
         print(f"Study {spec.name} stopped; run the same command to continue it:\n  {again}", flush=True)
-        return 130
     finally:
-        study_run.client.set_terminated(study_run.run_id, status)
+        study_run.end(status)
+        study_run.writes.close()
+    if study_run.spool.count:  # the study's own records (its run, the leaderboard files) wait in its spool
+        print(f"error: {' and '.join(study_run.writes.away_labels) or 'the tracking store'} did not take "
+              f"{study_run.spool.count} records of the study's own run; they are kept in {spool}: write them with "
+              f"{_sync_command(folder)} [--tracking-uri URI]", file=sys.stderr, flush=True)
+        code = code or 3
+    return code
+
+
+def _sync_command(folder: Path) -> str:
+    """The command that writes the study's own spool (in its folder) into the store."""
+    return command_line(["sync", str(folder)])
+
+
+def _store_answers(uri: str) -> bool:
+    """Whether the MLflow store at ``uri`` answers a read now."""
+    from orchestrator.tracking.runs import client_for
+
+    try:
+        client_for(uri).search_experiments(max_results=1)
+        return True
+    except Exception:  # noqa: BLE001 - any failure to read means it does not answer
+        return False
 
 
 def _started(storage: Path) -> frozenset[str]:
