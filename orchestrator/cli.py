@@ -108,8 +108,11 @@ def _cmd_sweep(args) -> int:
             raise UsageError("--max-id-acc-drop: a resumed sweep keeps the ID-accuracy margin it started with")
         constraint.check_margin(args.max_id_acc_drop, "--max-id-acc-drop")
     if args.resume:
-        prep = prepare_resume(args.resume, args.storage_path, quiet=args.quiet or None,
-                              address=args.address, cache_dir=args.cache_dir)
+        check_resume_options(args)
+        prep = prepare_resume(args.resume, args.storage_path, quiet=args.quiet or None, address=args.address,
+                              cache_dir=args.cache_dir, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                              dashboard=False if args.no_dashboard else None,
+                              dashboard_host=args.dashboard_host if args.dashboard_host != "127.0.0.1" else None)
         if prep.opts.method != args.method:
             raise UsageError(f"sweep {prep.name} ran method {prep.opts.method!r}, not {args.method!r}")
     else:
@@ -266,6 +269,26 @@ def _benchmark_parser(sub) -> None:
                    help="sweeps at once at most (default: the study's max_concurrent_sweeps, else as many as the "
                         "cluster's free resources allow; docs/study_concurrency.md)")
     p.add_argument("--store-retry-seconds", type=float, metavar="S", help=STORE_RETRY_HELP)
+
+
+#: What ``sweep --resume`` takes from its command line: where the sweep is, and this run's machine (Ray instance,
+#: dashboard, cache, output). Every other option defines the sweep, which continues with the values it started with.
+RESUME_OPTIONS = frozenset({"method", "resume", "storage_path", "quiet", "address", "cache_dir", "num_cpus",
+                            "num_gpus", "no_dashboard", "dashboard_host", "store_retry_seconds"})
+
+
+def check_resume_options(args) -> None:
+    """UsageError (one line) for an option given with ``--resume`` that a resume would ignore (``--epochs 1`` must not
+    look as if it shortened the resumed trials)."""
+    from orchestrator.errors import UsageError
+
+    defaults = vars(build_parser().parse_args(["sweep", args.method]))
+    for dest, value in vars(args).items():
+        if dest not in RESUME_OPTIONS and dest in defaults and value != defaults[dest]:
+            flag = "--" + dest.replace("_", "-")
+            allowed = ", ".join("--" + d.replace("_", "-") for d in sorted(RESUME_OPTIONS - {"method", "resume"}))
+            raise UsageError(f"{flag}: a resumed sweep keeps the options it started with; leave {flag} out (a resume "
+                             f"takes only {allowed})")
 
 
 def _cmd_benchmark(args) -> int:

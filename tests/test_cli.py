@@ -53,6 +53,8 @@ BAD_INPUT = [
     (["sweep", "energy", "--name", "n" * 300], "--name may be at most 100 characters"),
     (["sweep", "energy", "--max-failures", "-1"], "--max-failures must be 0 or more"),
     (["sweep", "energy", "--address", "127.0.0.1:9"], "--address 127.0.0.1:9: nothing answers there"),
+    (["sweep", "ascood", "--resume", "stopme", "--epochs", "1"],
+     "--epochs: a resumed sweep keeps the options it started with; leave --epochs out"),
 ]
 #: Needs the cluster, so Ray starts (a private instance) — and still nothing is written: a process of its own.
 RAY_STARTS = (["sweep", "energy", "--no-dashboard", "--cpus-per-trial", "64"],

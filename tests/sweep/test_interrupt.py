@@ -46,8 +46,10 @@ def _statuses(cwd):
     return [r.info.status for r in parents], sorted(r.info.status for r in children)
 
 
-# No ID-accuracy constraint: its reference classifier (150 epochs too) would only compete for the CPU here.
-LONG = ["ascood", "--smoke-test", "--epochs", "150", "--no-dashboard", "--no-figures", "--num-cpus", "2",
+# Trials of 30 epochs on the smoke data (several seconds): still running when the signal comes a second after the
+# second one started, short when a resume continues them. No ID-accuracy constraint: its reference classifier would
+# only compete for the CPU here.
+LONG = ["ascood", "--smoke-test", "--epochs", "30", "--no-dashboard", "--no-figures", "--num-cpus", "2",
         "--max-id-acc-drop", "none"]
 
 
@@ -88,8 +90,8 @@ def resumed(interrupted):
     """The interrupted sweep, continued with ``--resume`` (its results then serve the failed-resume test too)."""
     cwd, *_ = interrupted
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OODSWEEP_CACHE": str(cwd / "cache"), "RAY_USAGE_STATS_ENABLED": "0"}
-    res = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "ascood", "--resume", "stopme", "--epochs",
-                          "1", "--no-dashboard"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "ascood", "--resume", "stopme",
+                          "--no-dashboard"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     return cwd, env, res
 
 
