@@ -269,6 +269,10 @@ def _benchmark_parser(sub) -> None:
                    help="sweeps at once at most (default: the study's max_concurrent_sweeps, else as many as the "
                         "cluster's free resources allow; docs/study_concurrency.md)")
     p.add_argument("--store-retry-seconds", type=float, metavar="S", help=STORE_RETRY_HELP)
+    p.add_argument("--rerun", action="append", metavar="ENTRY",
+                   help="delete this entry's sweeps (MLflow runs, Optuna studies, results folders) and run them "
+                        "again, e.g. after editing its search space (repeatable); without it a study refuses an entry "
+                        "that changed since its sweeps ran")
 
 
 #: What ``sweep --resume`` takes from its command line: where the sweep is, and this run's machine (Ray instance,
@@ -299,7 +303,7 @@ def _cmd_benchmark(args) -> int:
                   gpus_per_trial=args.gpus_per_trial, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                   experiment=args.experiment, dashboard=not args.no_dashboard, figures=not args.no_figures)
     return run(args.study, common, dry_run=args.dry_run, out=args.out, argv=sys.argv[1:] if argv_is_cli() else None,
-               max_concurrent_sweeps=args.max_concurrent_sweeps)
+               max_concurrent_sweeps=args.max_concurrent_sweeps, rerun=args.rerun)
 
 
 def argv_is_cli() -> bool:

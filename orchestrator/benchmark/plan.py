@@ -105,6 +105,22 @@ class Plan:
         return sum(s.trainings for s in self.sweeps)
 
 
+def definition(s: PlannedSweep) -> str:
+    """A digest of what a planned sweep's results depend on — method, benchmark (and its data), seed, searched knobs
+    and their ranges, fixed values, trials, epochs, objectives, ID-accuracy margin — so that a study run again can
+    tell a finished sweep that its file no longer describes (a search space edited since) from one it does."""
+    import dataclasses
+    import hashlib
+    import json
+
+    prep = s.prep
+    what = {"method": s.entry.method, "benchmark": s.benchmark, "data": prep.bench.fingerprint(), "seed": s.seed,
+            "knobs": [dataclasses.asdict(k) for k in prep.space.knobs], "fixed": prep.fixed,
+            "num_samples": prep.num_samples, "epochs": prep.opts.epochs, "objectives": prep.space.objectives,
+            "max_id_acc_drop": prep.space.max_id_acc_drop, "smoke_test": prep.opts.smoke_test}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _fail(path: Path, msg: str):
     raise UsageError(f"{path}: {msg}")
 

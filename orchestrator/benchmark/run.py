@@ -45,10 +45,12 @@ def command_line(argv: list[str]) -> str:
 
 
 def run(study_file: str, common: dict[str, Any], dry_run: bool = False, out: str | None = None,
-        argv: list[str] | None = None, max_concurrent_sweeps: int | None = None) -> int:
+        argv: list[str] | None = None, max_concurrent_sweeps: int | None = None,
+        rerun: list[str] | None = None) -> int:
     """Plan (and with ``dry_run`` only print) the study, run its sweeps — as many at once as the cluster's free
     resources allow, at most ``max_concurrent_sweeps`` (else the study's key of that name) — write the leaderboard;
-    the exit code."""
+    the exit code. ``rerun``: entry labels whose sweeps are deleted (MLflow runs, Optuna studies, folders) and run
+    again; a sweep whose entry changed since it ran is refused unless its entry is named there."""
     from orchestrator.sweep import runner
     from orchestrator.sweep.interrupt import StopSignals
     from orchestrator.tracking import runs
@@ -64,9 +66,24 @@ def run(study_file: str, common: dict[str, Any], dry_run: bool = False, out: str
     state = _read_state(folder)
     common = {**common, "storage_path": str(folder.parent)}
     planned = plan.expand(spec, common, started=_started(folder.parent))
+    rerun = list(dict.fromkeys(rerun or []))
+    unknown = [label for label in rerun if label not in {e.label for e in spec.entries}]
+    if unknown:
+        raise UsageError(f"--rerun {unknown[0]}: no entry of that label in {study_file} (entries: "
+                         f"{', '.join(e.label for e in spec.entries)})")
+    _check_unchanged(planned, state, rerun)
     if dry_run:
+        for s in planned.sweeps:
+            if s.entry.label in rerun and s.name in state["sweeps"]:
+                print(f"{s.name}: would be deleted and run again (--rerun {s.entry.label})")
         print(plan.describe(planned, at_most))
         return 0
+    if rerun:
+        for s in planned.sweeps:
+            if s.entry.label in rerun:
+                _forget(s, state, folder.parent, common.get("experiment") or "oodsweep")
+        _write_state(folder, state)
+        planned = plan.expand(spec, common, started=_started(folder.parent))  # the forgotten ones start afresh
     for s in planned.sweeps:  # fixed configurations: kept beside the study, for --resume of their sweeps
         if s.entry.fixed is not None:
             s.prep.opts.search_space = plan.space_file(folder / "spaces", s.entry)
@@ -156,6 +173,58 @@ def _store_answers(uri: str) -> bool:
         return False
 
 
+def _check_unchanged(planned: plan.Plan, state: dict, rerun: list[str]) -> None:
+    """UsageError (one line, nothing written) when a sweep that finished or began earlier was run with another
+    definition than its entry now gives (plan.definition: a search space edited since, other trials...): its kept
+    results would no longer be what the study file says. Sweeps recorded before definitions were kept pass."""
+    changed: dict[str, list[str]] = {}
+    for s in planned.sweeps:
+        recorded = state["sweeps"].get(s.name, {}).get("definition")
+        if recorded and s.entry.label not in rerun and recorded != plan.definition(s):
+            changed.setdefault(s.entry.label, []).append(s.name)
+    if changed:
+        label, names = next(iter(changed.items()))
+        more = f" (and entries {', '.join(list(changed)[1:])})" if len(changed) > 1 else ""
+        raise UsageError(f"entry {label!r}{more} changed since its sweeps ran ({', '.join(names)}): run with "
+                         f"--rerun {' --rerun '.join(changed)} to delete and run them again, or restore the entry")
+
+
+def _forget(s: plan.PlannedSweep, state: dict, storage: Path, experiment: str) -> None:
+    """Delete everything sweep ``s`` left — its MLflow runs (deleted, as the UI does: restorable there), its stored
+    Optuna study, its results folder, its line in the study's state — so that it runs again from nothing."""
+    import shutil
+
+    import optuna
+
+    from orchestrator.tracking.runs import client_for
+    from orchestrator.tracking.tags import PARENT_TAG, SWEEP_TAG
+
+    client = client_for(s.prep.tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    deleted = 0
+    if exp is not None:
+        parents = client.search_runs([exp.experiment_id], f"tags.`{SWEEP_TAG}` = '{s.name}'", max_results=1000)
+        for parent in parents:
+            children = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+                                          max_results=10000)
+            for run in [*children, parent]:
+                client.delete_run(run.info.run_id)
+                deleted += 1
+    study_deleted = False
+    if s.prep.study_storage:
+        try:
+            optuna.delete_study(study_name=s.name, storage=s.prep.study_storage)
+            study_deleted = True
+        except KeyError:  # never created
+            pass
+    results = storage / s.name
+    if results.is_dir():
+        shutil.rmtree(results)
+    state["sweeps"].pop(s.name, None)
+    print(f"{s.name}: {deleted} MLflow run(s) deleted"
+          + (", its Optuna study deleted" if study_deleted else "") + f", {results} removed (--rerun)", flush=True)
+
+
 def _started(storage: Path) -> frozenset[str]:
     """The sweeps in ``storage`` that began (a saved sweep state): their stored Optuna studies are continued. Read
     from the folders, not the study's state, which a study stopped while its sweeps ran has not updated."""
@@ -223,6 +292,8 @@ def _run_sweeps(planned: plan.Plan, folder: Path, state: dict, study_run, at_mos
         i, s = todo[work.name]
         print(f"[{i}/{total}] {s.name}: {s.entry.method} on {s.benchmark}, seed {s.seed}", flush=True)
         s.prep.opts.study_run_id, s.prep.opts.study = study_run.run_id, spec.name
+        state["sweeps"].setdefault(s.name, {})["definition"] = plan.definition(s)  # what it runs (_check_unchanged)
+        _write_state(folder, state)
         label = f"{s.entry.label} {Path(s.benchmark).stem} s{s.seed}"
         # What this sweep's evaluator pool could serve next (batched.EvaluatorPool.fits): a post-hoc sweep's only.
         keeps = (s.benchmark, s.prep.opts.data_root, s.prep.opts.smoke_test, tuple(sorted(s.prep.resources.items())),
@@ -242,7 +313,7 @@ def _run_sweeps(planned: plan.Plan, folder: Path, state: dict, study_run, at_mos
         status = outcome.get("status") or ("KILLED" if signals.received else "FAILED")
         state["sweeps"][s.name] = {"parent_run_id": outcome.get("parent_run_id"), "status": status,
                                    "entry": s.entry.label, "benchmark": s.benchmark, "seed": s.seed,
-                                   "finished": time.time()}
+                                   "finished": time.time(), "definition": plan.definition(s)}
         _write_state(folder, state)
         line = outcome.get("line") or f"its driver ended with exit code {outcome.get('exitcode')}"
         print(f"[{done[0]}/{total} ended] {s.name} {status}: {line}", flush=True)
